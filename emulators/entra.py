@@ -48,10 +48,12 @@ class TokenIssuer:
         self.lifetime_s = lifetime_s
         self.issued = 0
 
-    def issue(self, resource: str, subject: str = "emulated-identity") -> tuple[str, float]:
-        """A token for `resource` and its expiry (epoch seconds)."""
+    def issue(
+        self, resource: str, subject: str = "emulated-identity", lifetime_s: float | None = None
+    ) -> tuple[str, float]:
+        """A token for `resource` and its expiry (epoch seconds); `lifetime_s` overrides."""
         now = time.time()
-        expires = now + self.lifetime_s
+        expires = now + (self.lifetime_s if lifetime_s is None else lifetime_s)
         claims = {
             "aud": normalize_resource(resource),
             "sub": subject,
