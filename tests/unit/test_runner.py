@@ -1,0 +1,141 @@
+"""The runner's order and bookkeeping, over in-memory fakes of the registry and Azure DevOps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cleanup.policy import Step, StepKind
+from cleanup.runner import execute, for_each, run_cleanup
+from cleanup.settings import load_settings
+from tests.builders import NOW, d1, d2, d3, d4, environment, index, listing, manifest, pr
+from tests.fakes import FakePullRequests, FakeRegistry
+
+
+def settings(**overrides: str):
+    return load_settings(environment(**overrides))
+
+
+def clock():
+    return NOW
+
+
+async def test_deletes_tags_of_closed_pull_requests_and_keeps_the_rest():
+    """A completed pull request's image goes; an active one's and a release tag stay."""
+    registry = FakeRegistry.of(
+        listing("web/api", manifest(d1, "PR1"), manifest(d2, "PR2"), manifest(d3, "v1.0"))
+    )
+    pulls = FakePullRequests.of([pr(1, "completed"), pr(2, "active")])
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == {d2, d3}
+    assert result.stopped is None
+    assert result.executed
+
+
+async def test_each_pull_request_is_looked_up_once_across_repositories():
+    """Tags of the same pull request in many repositories cost one lookup."""
+    registry = FakeRegistry.of(
+        listing("a", manifest(d1, "PR7")),
+        listing("b", manifest(d1, "pr-7")),
+        listing("c", manifest(d1, "PR7", "PR8")),
+    )
+    pulls = FakePullRequests.of([pr(7, "active"), pr(8, "active")])
+    await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert sorted(pulls.looked_up) == [7, 8]
+
+
+async def test_dry_run_deletes_nothing_but_plans_everything():
+    """A dry run leaves the registry as it was and still carries the plan."""
+    registry = FakeRegistry.of(listing("web/api", manifest(d1, "PR1")))
+    pulls = FakePullRequests.of([pr(1, "abandoned")])
+    result = await run_cleanup(settings(CLEANUP_DRY_RUN="true"), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == {d1}
+    assert result.plan is not None
+    assert result.plan.tags_deleted == 1
+    assert not result.executed
+
+
+async def test_refused_devops_credential_stops_before_any_deletion():
+    """An authentication failure in Azure DevOps stops the run; nothing is deleted."""
+    registry = FakeRegistry.of(listing("web/api", manifest(d1, "PR1")))
+    pulls = FakePullRequests.of([pr(1, "completed")])
+    pulls.refuse = True
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert result.stopped is not None
+    assert "refused the credential" in result.stopped
+    assert not any(c.startswith("delete") for c in registry.calls)
+
+
+async def test_plan_over_the_cap_deletes_nothing():
+    """More planned tag deletions than CLEANUP_MAX_DELETIONS stops the run untouched."""
+    registry = FakeRegistry.of(listing("web/api", manifest(d1, "PR1"), manifest(d2, "PR2")))
+    pulls = FakePullRequests.of([pr(1, "completed"), pr(2, "completed")])
+    result = await run_cleanup(settings(CLEANUP_MAX_DELETIONS="1"), registry, pulls, clock=clock)
+    assert result.stopped is not None
+    assert "CLEANUP_MAX_DELETIONS=1" in result.stopped
+    assert registry.digests("web/api") == {d1, d2}
+    assert result.plan is not None
+
+
+async def test_failed_lookup_keeps_tags_and_is_reported_as_an_error():
+    """A lookup that failed keeps its tags; the run goes on with the others."""
+    registry = FakeRegistry.of(listing("web/api", manifest(d1, "PR1"), manifest(d2, "PR2")))
+    pulls = FakePullRequests.of([pr(1, "completed"), pr(2, "completed")])
+    pulls.failing = {2}
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == {d2}
+    assert [scope for scope, _ in result.errors] == ["pull request 2"]
+
+
+async def test_repositories_outside_the_filter_are_not_listed():
+    """CLEANUP_REPOSITORIES limits which repositories are read at all."""
+    registry = FakeRegistry.of(
+        listing("team/a", manifest(d1, "PR1")), listing("other", manifest(d1, "PR1"))
+    )
+    pulls = FakePullRequests.of([pr(1, "completed")])
+    await run_cleanup(settings(CLEANUP_REPOSITORIES="team/*"), registry, pulls, clock=clock)
+    assert "list other" not in registry.calls
+    assert registry.digests("other") == {d1}
+
+
+async def test_failed_index_deletion_skips_its_platform_manifests():
+    """When deleting an index fails, its children are not attempted (no broken kept image)."""
+    registry = FakeRegistry.of(
+        listing("web/api", index(d1, "PR1", children=(d2, d3)), manifest(d2), manifest(d3))
+    )
+    registry.failing = {f"web/api@{d1}"}
+    pulls = FakePullRequests.of([pr(1, "completed")])
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == {d1, d2, d3}
+    statuses = {step.digest: outcome.status for step, outcome in result.outcomes.items()}
+    assert statuses == {d1: "failed", d2: "skipped", d3: "skipped"}
+
+
+async def test_step_waiting_for_an_unplanned_manifest_is_skipped():
+    """A step whose parent is not in the plan is never attempted."""
+    registry = FakeRegistry.of(listing("web/api", manifest(d4)))
+    orphan = Step(StepKind.DELETE_MANIFEST, "web/api", d4, after=(d1,))
+    outcomes = await execute([orphan], registry, concurrency=4)
+    assert outcomes[orphan].status == "skipped"
+    assert registry.digests("web/api") == {d4}
+
+
+@pytest.mark.parametrize("limit", [1, 3, 50])
+async def test_for_each_visits_every_item_once_within_the_limit(limit):
+    """for_each applies the work to every item, never more than `limit` at once."""
+    seen: list[int] = []
+    in_flight = 0
+    peak = 0
+
+    async def work(item: int) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0)
+        seen.append(item)
+        in_flight -= 1
+
+    await for_each(range(20), work, limit)
+    assert sorted(seen) == list(range(20))
+    assert peak <= limit
