@@ -191,3 +191,81 @@ class ScenarioBuilder:
 
     def build(self) -> Scenario:
         return Scenario(tuple(self.images), tuple(self.pull_requests), project=self.project)
+
+
+def demo_scenario(now: datetime | None = None) -> Scenario:
+    """A registry and pull requests that look like a real team's (`--seed demo`).
+
+    Pull requests of project `web`: 1234 completed ten days ago, 1240 active, 1241 an active
+    draft, 1250 abandoned three days ago, 1260 completed an hour ago; 1300 is completed but in
+    project `mobile`; 1299 exists nowhere. `team/api` has a multi-arch PR image with a signature
+    attached; `tools/builder` has a locked PR tag.
+    """
+    now = now or datetime.now(UTC)
+
+    def ago(**delta: float) -> datetime:
+        return now - timedelta(**delta)
+
+    def img(repo: str, *tags: str, days: float, **kwargs: Any) -> ImageSeed:
+        return ImageSeed(repo, tags=tags, created_at=ago(days=days), **kwargs)
+
+    images = (
+        img("team/api", "v1.4.1", days=40),
+        img("team/api", "v1.4.2", "latest", days=12),
+        img("team/api", "main-3f9c2e1", days=11),
+        img("team/api", "PR1234", days=14, platforms=("linux/amd64", "linux/arm64")),
+        ImageSeed(
+            "team/api",
+            subject="PR1234",
+            artifact_type="application/vnd.cncf.notary.signature",
+            created_at=ago(days=14),
+        ),
+        img("team/api", "pr-1240", days=2),
+        img("team/api", "PR1250", days=5),
+        img("team/api", "PR1299", days=30),
+        img("team/web", "v2.0.0", "latest", days=20),
+        img("team/web", "main-ab12cd3", days=1),
+        img("team/web", "PR1241", days=1),
+        img("team/web", "pr-1260", days=3),
+        img("team/web", "PR1234", days=13),
+        img("tools/builder", "1.0", "latest", days=90),
+        img("tools/builder", "PR1250", days=6, locked_tags=("PR1250",)),
+        img("payments", "v3.1.0", "latest", days=8),
+        img("payments", "PR1300", days=4),
+        img("payments", "pr-1234", "staging", days=12),
+        img("docs", "latest", days=60),
+    )
+    pull_requests = (
+        PullRequestSeed(
+            1234,
+            "completed",
+            closed_at=ago(days=10),
+            repository="api",
+            title="Add rate limiting to the orders endpoint",
+        ),
+        PullRequestSeed(1240, "active", repository="api", title="Paginate the catalog"),
+        PullRequestSeed(1241, "active", is_draft=True, repository="web", title="Dark mode (WIP)"),
+        PullRequestSeed(
+            1250,
+            "abandoned",
+            closed_at=ago(days=3),
+            repository="builder",
+            title="Try a distroless base image",
+        ),
+        PullRequestSeed(
+            1260,
+            "completed",
+            closed_at=ago(hours=1),
+            repository="web",
+            title="Fix the login redirect",
+        ),
+        PullRequestSeed(
+            1300,
+            "completed",
+            closed_at=ago(days=2),
+            project="mobile",
+            repository="payments-app",
+            title="Apple Pay",
+        ),
+    )
+    return Scenario(images=images, pull_requests=pull_requests, project="web")
