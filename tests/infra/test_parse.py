@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,8 +71,8 @@ def test_telemetry_is_authenticated_with_the_identity(templates: dict[str, Templ
     settings = _app_settings_sources(templates)
     assert literal(settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"]) == "true"
     assert "APPLICATIONINSIGHTS_CONNECTION_STRING" in settings
-    authentication = settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
-    branches = authentication["operator"]["operands"]  # type: ignore[index]
+    authentication: Any = settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+    branches = authentication["operator"]["operands"]
     assert (
         literal(branches["true_value"])
         == "ClientId=${userAssignedIdentityClientId};Authorization=AAD"
