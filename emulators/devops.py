@@ -45,13 +45,16 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware as AioMiddleware
 
 from emulators.entra import DEVOPS_RESOURCE, TokenIssuer
 from emulators.harness import Handler, Knobs, RequestLog, make_middlewares
+
+if TYPE_CHECKING:
+    from emulators.scenario import PullRequestSeed
 
 SERVICE = "devops"
 PrStatus = Literal["active", "completed", "abandoned", "notSet"]
@@ -190,6 +193,21 @@ class DevOpsState:
             )
             self._pull_requests[pr_id] = record
             return record
+
+    def add_seed(self, seed: PullRequestSeed) -> PullRequestRecord:
+        """Add the pull request a scenario describes."""
+        return self.add_pull_request(
+            seed.id,
+            status=seed.status,
+            project=seed.project,
+            repository=seed.repository,
+            is_draft=seed.is_draft,
+            created_at=seed.created_at,
+            closed_at=seed.closed_at,
+            title=seed.title or None,
+            source_ref=seed.source_ref,
+            target_ref=seed.target_ref,
+        )
 
     def set_status(self, pr_id: int, status: PrStatus, closed_at: datetime | None = None) -> None:
         with self._lock:
