@@ -354,3 +354,15 @@ def test_request_log_counts_routes(server):
         "devops.pr.get": 1,
         "devops.pr.list": 1,
     }
+
+
+def test_scenario_seed_is_served(server):
+    """A scenario's PullRequestSeed is served with its status, draft flag and project."""
+    from emulators.scenario import PullRequestSeed
+
+    closed = datetime(2026, 10, 1, tzinfo=UTC)
+    server.state.add_seed(PullRequestSeed(42, "completed", closed_at=closed, project="Web"))
+    with server.client() as c:
+        body = get(c, "/Web/_apis/git/pullrequests/42").json()
+    assert body["status"] == "completed"
+    assert body["closedDate"] == "2026-10-01T00:00:00.0000000Z"
