@@ -1,0 +1,419 @@
+"""The run's report: the contract's JSON, and a plain-text rendering a newcomer can read.
+
+The runner builds it from the Plan and what happened to each step:
+
+    builder = ReportBuilder(plan, run_id=..., registry=..., dry_run=..., started_at=...)
+    builder.record(step, Outcome.DONE)            # or FAILED with a message, SKIPPED
+    builder.stop("the plan would delete ...")     # when the run stops before deleting
+    report = builder.finish(finished_at)
+
+Choices the contract leaves open:
+
+- A planned deletion that failed, or was skipped because an earlier step it waits for failed,
+  is `failed` and counts in `summary.failed` (its tag is still there, so it is kept by failure).
+- A deletion not executed because the run stopped is `keep`, its reason saying so; in a dry run
+  it is `delete` (the plan), rendered "would delete".
+- `summary` adds `locked` (kept because locked), `outcome` (`succeeded`, `partial`, `stopped`)
+  and `stopped` (why the run stopped, or null).
+- `errors` holds failed lookups (scope `pullRequest:ID`), incomplete listings
+  (`repository:NAME`), failed steps (`tag:REPO:TAG`, `manifest:REPO@DIGEST`) and whatever the
+  runner adds (`run` for a stop).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cleanup.policy import Action, Plan, Step, StepKind, TagDecision
+
+SCHEMA_VERSION = 1
+
+
+class Outcome(enum.Enum):
+    """What became of one planned step."""
+
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    """Not attempted: a step it waits for failed."""
+    NOT_EXECUTED = "notExecuted"
+    """Not attempted: a dry run, or the run stopped."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    step: Step
+    outcome: Outcome
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportError:
+    scope: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"scope": self.scope, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class ReportAction:
+    repository: str
+    tag: str
+    digest: str
+    pull_request: int
+    pull_request_status: str | None
+    action: str
+    """`delete`, `keep` or `failed`."""
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "repository": self.repository,
+            "tag": self.tag,
+            "digest": self.digest,
+            "pullRequest": self.pull_request,
+            "pullRequestStatus": self.pull_request_status,
+            "action": self.action,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    repositories: int = 0
+    tags_scanned: int = 0
+    pull_request_tags: int = 0
+    pull_requests: int = 0
+    deleted: int = 0
+    kept: int = 0
+    failed: int = 0
+    manifests_deleted: int = 0
+    locked: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "repositories": self.repositories,
+            "tagsScanned": self.tags_scanned,
+            "pullRequestTags": self.pull_request_tags,
+            "pullRequests": self.pull_requests,
+            "deleted": self.deleted,
+            "kept": self.kept,
+            "failed": self.failed,
+            "manifestsDeleted": self.manifests_deleted,
+            "locked": self.locked,
+        }
+
+
+def _timestamp(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One run's report. `exit_code`: 0 all went well, 1 some parts failed, 3 stopped."""
+
+    run_id: str
+    dry_run: bool
+    started_at: datetime
+    finished_at: datetime
+    registry: str
+    summary: Summary = field(default_factory=Summary)
+    actions: tuple[ReportAction, ...] = ()
+    """Sorted by (repository, tag)."""
+    errors: tuple[ReportError, ...] = ()
+    stopped: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        if self.stopped is not None:
+            return "stopped"
+        return "partial" if self.errors or self.summary.failed else "succeeded"
+
+    @property
+    def exit_code(self) -> int:
+        return {"succeeded": 0, "partial": 1, "stopped": 3}[self.outcome]
+
+    def to_dict(self) -> dict[str, Any]:
+        summary: dict[str, Any] = self.summary.to_dict()
+        summary["outcome"] = self.outcome
+        summary["stopped"] = self.stopped
+        return {
+            "schemaVersion": SCHEMA_VERSION,
+            "runId": self.run_id,
+            "dryRun": self.dry_run,
+            "startedAt": _timestamp(self.started_at),
+            "finishedAt": _timestamp(self.finished_at),
+            "registry": self.registry,
+            "summary": summary,
+            "actions": [action.to_dict() for action in self.actions],
+            "errors": [error.to_dict() for error in self.errors],
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    def render_text(self) -> str:
+        """A plain-text report: header, summary, a table of the actions, the errors."""
+        return _render_text(self)
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def _step_key(step: Step) -> tuple[str, StepKind, str, str | None]:
+    return (step.repository, step.kind, step.digest, step.tag)
+
+
+def build_report(
+    plan: Plan | None,
+    results: Iterable[StepResult] = (),
+    *,
+    run_id: str,
+    registry: str,
+    dry_run: bool,
+    started_at: datetime,
+    finished_at: datetime,
+    stopped: str | None = None,
+    errors: Sequence[ReportError] = (),
+) -> Report:
+    """The report of a run: the plan's decisions, made final by what happened to each step.
+
+    A delete step without a result counts as not executed. `plan` is None when the run
+    stopped before it could plan (then the report has only its header, errors and stop).
+    """
+    plan = plan or Plan()
+    outcomes: dict[tuple[str, StepKind, str, str | None], StepResult] = {
+        _step_key(result.step): result for result in results
+    }
+    steps_by_tag: dict[tuple[str, str], Step] = {}
+    all_errors: list[ReportError] = [
+        ReportError(f"pullRequest:{pull.id}", f"lookup failed: {pull.error or 'no answer'}")
+        for pull in plan.lookup_failures
+    ]
+    manifests_deleted = 0
+    for repository in plan.repositories:
+        if not repository.complete:
+            all_errors.append(
+                ReportError(
+                    f"repository:{repository.repository}",
+                    f"listing incomplete: {repository.error or 'the listing ended early'}",
+                )
+            )
+        for step in repository.steps:
+            for tag_name in step.tags:
+                steps_by_tag[(step.repository, tag_name)] = step
+            result = outcomes.get(_step_key(step))
+            outcome = result.outcome if result else Outcome.NOT_EXECUTED
+            if step.kind is StepKind.DELETE_MANIFEST and (
+                outcome is Outcome.DONE or (dry_run and outcome is Outcome.NOT_EXECUTED)
+            ):
+                manifests_deleted += 1
+            if result is not None and outcome in (Outcome.FAILED, Outcome.SKIPPED):
+                kind = "tag" if step.kind is StepKind.DELETE_TAG else "manifest"
+                all_errors.append(ReportError(f"{kind}:{step.target}", _failure(result)))
+
+    actions = []
+    counts = {"delete": 0, "keep": 0, "failed": 0}
+    locked = 0
+    for decision in plan.decisions:
+        carrier = steps_by_tag.get((decision.repository, decision.tag))
+        result = outcomes.get(_step_key(carrier)) if carrier is not None else None
+        action, reason = _final(decision, result, dry_run=dry_run, stopped=stopped)
+        counts[action] += 1
+        locked += decision.locked
+        actions.append(
+            ReportAction(
+                decision.repository,
+                decision.tag,
+                decision.digest,
+                decision.pr_id,
+                decision.pr_status.value if decision.pr_status is not None else None,
+                action,
+                reason,
+            )
+        )
+    actions.sort(key=lambda a: (a.repository, a.tag))
+    all_errors.extend(errors)
+    if stopped is not None and not any(error.scope == "run" for error in all_errors):
+        all_errors.append(ReportError("run", stopped))
+    summary = Summary(
+        repositories=len(plan.repositories),
+        tags_scanned=plan.tags_scanned,
+        pull_request_tags=plan.pull_request_tags,
+        pull_requests=plan.pull_requests,
+        deleted=counts["delete"],
+        kept=counts["keep"],
+        failed=counts["failed"],
+        manifests_deleted=manifests_deleted,
+        locked=locked,
+    )
+    return Report(
+        run_id=run_id,
+        dry_run=dry_run,
+        started_at=started_at,
+        finished_at=finished_at,
+        registry=registry,
+        summary=summary,
+        actions=tuple(actions),
+        errors=tuple(all_errors),
+        stopped=stopped,
+    )
+
+
+def _failure(result: StepResult) -> str:
+    if result.outcome is Outcome.SKIPPED:
+        return f"not attempted: {result.message or 'a deletion it waits for failed'}"
+    return result.message or "deletion failed"
+
+
+def _final(
+    decision: TagDecision, result: StepResult | None, *, dry_run: bool, stopped: str | None
+) -> tuple[str, str]:
+    """(action, reason) of one pull-request tag once its step ran, failed or never ran."""
+    if decision.action is Action.KEEP:
+        return "keep", decision.reason
+    if result is not None and result.outcome is Outcome.DONE:
+        return "delete", decision.reason
+    if result is not None and result.outcome in (Outcome.FAILED, Outcome.SKIPPED):
+        return "failed", f"{decision.reason}; {_failure(result)}"
+    if dry_run:
+        return "delete", decision.reason
+    why = "the run stopped" if stopped is not None else "not executed"
+    return "keep", f"{decision.reason}; not deleted: {why}"
+
+
+class ReportBuilder:
+    """Collects step results as the runner executes the plan, then builds the Report."""
+
+    def __init__(
+        self,
+        plan: Plan | None,
+        *,
+        run_id: str,
+        registry: str,
+        dry_run: bool,
+        started_at: datetime,
+    ) -> None:
+        self.plan = plan
+        self.run_id = run_id
+        self.registry = registry
+        self.dry_run = dry_run
+        self.started_at = started_at
+        self.results: dict[tuple[str, StepKind, str, str | None], StepResult] = {}
+        self.errors: list[ReportError] = []
+        self.stopped: str | None = None
+
+    def record(self, step: Step, outcome: Outcome, message: str | None = None) -> None:
+        self.results[_step_key(step)] = StepResult(step, outcome, message)
+
+    def add_error(self, scope: str, message: str) -> None:
+        self.errors.append(ReportError(scope, message))
+
+    def stop(self, reason: str) -> None:
+        """The run stops before deleting (cap exceeded, credential refused, ...)."""
+        if self.stopped is None:
+            self.stopped = reason
+
+    def finish(self, finished_at: datetime, *, plan: Plan | None = None) -> Report:
+        return build_report(
+            plan if plan is not None else self.plan,
+            self.results.values(),
+            run_id=self.run_id,
+            registry=self.registry,
+            dry_run=self.dry_run,
+            started_at=self.started_at,
+            finished_at=finished_at,
+            stopped=self.stopped,
+            errors=self.errors,
+        )
+
+
+# --- text -------------------------------------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    """One printable line: hostile names cannot break the table or the terminal."""
+    return "".join(char if char.isprintable() else "?" for char in text)
+
+
+def _duration(report: Report) -> str:
+    seconds = max(0, int((report.finished_at - report.started_at).total_seconds()))
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _render_text(report: Report) -> str:
+    s = report.summary
+    would = "would delete" if report.dry_run else "deleted"
+    mode = "dry run: nothing was deleted" if report.dry_run else "deleting"
+    lines = [
+        f"ACR pull-request cleanup of {_clean(report.registry)} ({mode})",
+        f"run {_clean(report.run_id)}, {_timestamp(report.started_at)} to "
+        f"{_timestamp(report.finished_at)} ({_duration(report)})",
+    ]
+    if report.stopped is not None:
+        lines.append(f"STOPPED before deleting anything: {_clean(report.stopped)}")
+    lines += [
+        "",
+        f"{s.repositories} repositories, {s.tags_scanned} tags scanned, "
+        f"{s.pull_request_tags} pull-request tags of {s.pull_requests} pull requests",
+        f"{would}: {s.deleted} tags, {s.manifests_deleted} manifests; kept: {s.kept} tags "
+        f"({s.locked} locked); failed: {s.failed}",
+        "",
+    ]
+    rows = [("REPOSITORY", "TAG", "PR", "STATUS", "ACTION", "REASON")]
+    label = {"delete": would, "keep": "keep", "failed": "FAILED"}
+    rows += [
+        (
+            _clean(a.repository),
+            _clean(a.tag),
+            str(a.pull_request),
+            a.pull_request_status or "-",
+            label[a.action],
+            _clean(a.reason),
+        )
+        for a in report.actions
+    ]
+    if len(rows) == 1:
+        lines.append("No pull-request tags found.")
+    else:
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        lines += [
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[5]
+            for row in rows
+        ]
+    if report.errors:
+        lines += ["", f"{len(report.errors)} errors:"]
+        lines += [f"  {_clean(e.scope)}: {_clean(e.message)}" for e in report.errors]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def results_for(
+    steps: Iterable[Step], outcome: Outcome, message: str | None = None
+) -> list[StepResult]:
+    """The same outcome for many steps (a dry run: all NOT_EXECUTED)."""
+    return [StepResult(step, outcome, message) for step in steps]
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Outcome",
+    "Report",
+    "ReportAction",
+    "ReportBuilder",
+    "ReportError",
+    "StepResult",
+    "Summary",
+    "build_report",
+    "results_for",
+]
