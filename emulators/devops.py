@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware as AioMiddleware
@@ -486,7 +486,7 @@ def make_app(
     state: DevOpsState, knobs: Knobs, log: RequestLog, issuer: TokenIssuer
 ) -> web.Application:
     """The Azure DevOps emulator; serve it over HTTPS (clients refuse Bearer over http)."""
-    shared = cast("list[AioMiddleware]", make_middlewares(SERVICE, knobs, log))
+    shared = make_middlewares(SERVICE, knobs, log)
     app = web.Application(middlewares=[*shared, *_service_middlewares(state, issuer)])
     get_pr, list_prs = _handlers(state)
     app.router.add_get("/{org}/_apis/git/pullrequests/{id}", get_pr, name="devops.pr.get_org")

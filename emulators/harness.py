@@ -22,9 +22,9 @@ from typing import Literal
 
 import trustme
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 FaultKind = Literal["status", "drop", "slow", "malformed"]
 
 

@@ -31,10 +31,8 @@ import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import cast
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware as AioMiddleware
 
 from emulators.entra import TokenIssuer
 from emulators.harness import Knobs, RequestLog, make_middlewares
@@ -169,8 +167,6 @@ def make_app(
             }
         )
 
-    app = web.Application(
-        middlewares=cast("list[AioMiddleware]", make_middlewares(SERVICE, knobs, log))
-    )
+    app = web.Application(middlewares=make_middlewares(SERVICE, knobs, log))
     app.router.add_get(TOKEN_PATH, token, name="identity.token")
     return app
