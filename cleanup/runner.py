@@ -22,6 +22,7 @@ from cleanup import policy
 from cleanup.errors import LockedError, RegistryOperationError, SafetyCapError, StopRunError
 from cleanup.model import PullRequest, PullRequests, PullRequestStatus, Registry, RepositoryListing
 from cleanup.policy import Plan, Step, StepKind
+from cleanup.report import Outcome, StepResult
 from cleanup.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,6 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-@dataclass(frozen=True, slots=True)
-class StepOutcome:
-    """What happened to one planned step."""
-
-    status: str
-    """`done`, `failed`, `locked` or `skipped` (a step it depended on did not succeed)."""
-    message: str = ""
-
-
 @dataclass(slots=True)
 class RunResult:
     """Everything the report is built from."""
@@ -64,11 +56,9 @@ class RunResult:
     started_at: datetime
     finished_at: datetime | None = None
     plan: Plan | None = None
-    outcomes: dict[Step, StepOutcome] = field(default_factory=dict)
+    results: dict[Step, StepResult] = field(default_factory=dict)
     executed: bool = False
     stopped: str | None = None
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    """(scope, message) pairs for failures that are not a single step."""
 
 
 async def run_cleanup(
@@ -118,14 +108,13 @@ class _Run:
         with tracer.start_as_current_span("cleanup.plan"):
             plan = policy.plan(listings, states, self.clock(), self.settings)
         self.result.plan = plan
-        self.result.errors.extend(_plan_errors(plan))
         if plan.exceeds_cap(self.settings.max_deletions):
             raise SafetyCapError(plan.tags_deleted, self.settings.max_deletions)
         if self.settings.dry_run:
             return
         self.state.phase = "deleting"
         with tracer.start_as_current_span("cleanup.delete"):
-            self.result.outcomes = await execute(
+            self.result.results = await execute(
                 plan.steps, self.registry, self.settings.concurrency, self.state, self.notify
             )
         self.result.executed = True
@@ -166,19 +155,6 @@ class _Run:
         lookups.submit(policy.pr_ids([listing], self.settings))
         self.state.repositories_listed += 1
         self.notify()
-
-
-def _plan_errors(plan: Plan) -> list[tuple[str, str]]:
-    errors = [
-        (f"pull request {failure.id}", failure.error or "lookup failed")
-        for failure in plan.lookup_failures
-    ]
-    errors.extend(
-        (repository.repository, repository.error or "listing incomplete")
-        for repository in plan.repositories
-        if not repository.complete
-    )
-    return errors
 
 
 def _first_leaf(group: BaseExceptionGroup[StopRunError]) -> StopRunError:
@@ -260,25 +236,25 @@ async def execute(
     concurrency: int,
     state: Progress | None = None,
     notify: Callable[[], None] | None = None,
-) -> dict[Step, StepOutcome]:
+) -> dict[Step, StepResult]:
     """Run every step; a step whose `after` did not all succeed is skipped, never attempted."""
     graph = _StepGraph(list(steps))
     if state is not None:
         state.steps_total = len(graph.steps)
-    outcomes: dict[Step, StepOutcome] = {}
+    outcomes: dict[Step, StepResult] = {}
     ready: asyncio.Queue[Step | None] = asyncio.Queue()
     remaining = len(graph.steps)
 
-    def settle(step: Step, outcome: StepOutcome) -> None:
+    def settle(result: StepResult) -> None:
         nonlocal remaining
-        outcomes[step] = outcome
+        outcomes[result.step] = result
         remaining -= 1
         if state is not None:
             state.steps_done += 1
-        for dependant in graph.settled(step, outcome.status == "done"):
+        for dependant in graph.settled(result.step, result.outcome is Outcome.DONE):
             ready.put_nowait(dependant)
         for skipped in graph.take_blocked():
-            settle(skipped, StepOutcome("skipped", f"not attempted: {graph.blocker(skipped)}"))
+            settle(StepResult(skipped, Outcome.SKIPPED, graph.blocker(skipped)))
         if remaining == 0:
             ready.put_nowait(None)
 
@@ -287,20 +263,20 @@ async def execute(
             yield step
 
     async def run_one(step: Step) -> None:
-        settle(step, await _delete(registry, step))
+        settle(await _delete(registry, step))
         if notify is not None:
             notify()
 
     for step in graph.initial():
         ready.put_nowait(step)
     for orphan in graph.take_blocked():
-        settle(orphan, StepOutcome("skipped", f"not attempted: {graph.blocker(orphan)}"))
+        settle(StepResult(orphan, Outcome.SKIPPED, graph.blocker(orphan)))
     if remaining:
         await for_each(steps_ready(), run_one, concurrency)
     return outcomes
 
 
-async def _delete(registry: Registry, step: Step) -> StepOutcome:
+async def _delete(registry: Registry, step: Step) -> StepResult:
     try:
         if step.kind is StepKind.DELETE_TAG:
             assert step.tag is not None  # noqa: S101 - a tag step always names its tag
@@ -308,14 +284,12 @@ async def _delete(registry: Registry, step: Step) -> StepOutcome:
         else:
             await registry.delete_manifest(step.repository, step.digest)
     except LockedError as exc:
-        return StepOutcome("locked", str(exc))
-    except RegistryOperationError as exc:
+        return StepResult(step, Outcome.LOCKED, str(exc))
+    except (RegistryOperationError, StopRunError) as exc:
+        # Mid-deletion, a refused credential or a lost connection fails this step only.
         log.warning("deleting %s failed: %s", step.target, exc)
-        return StepOutcome("failed", str(exc))
-    except StopRunError as exc:
-        log.warning("deleting %s failed: %s", step.target, exc)
-        return StepOutcome("failed", str(exc))
-    return StepOutcome("done")
+        return StepResult(step, Outcome.FAILED, str(exc))
+    return StepResult(step, Outcome.DONE)
 
 
 class _StepGraph:

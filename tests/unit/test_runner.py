@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from cleanup.policy import Step, StepKind
+from cleanup.report import Outcome
 from cleanup.runner import execute, for_each, run_cleanup
 from cleanup.settings import load_settings
 from tests.builders import NOW, d1, d2, d3, d4, environment, index, listing, manifest, pr
@@ -85,7 +86,8 @@ async def test_failed_lookup_keeps_tags_and_is_reported_as_an_error():
     pulls.failing = {2}
     result = await run_cleanup(settings(), registry, pulls, clock=clock)
     assert registry.digests("web/api") == {d2}
-    assert [scope for scope, _ in result.errors] == ["pull request 2"]
+    assert result.plan is not None
+    assert [p.id for p in result.plan.lookup_failures] == [2]
 
 
 async def test_repositories_outside_the_filter_are_not_listed():
@@ -108,8 +110,8 @@ async def test_failed_index_deletion_skips_its_platform_manifests():
     pulls = FakePullRequests.of([pr(1, "completed")])
     result = await run_cleanup(settings(), registry, pulls, clock=clock)
     assert registry.digests("web/api") == {d1, d2, d3}
-    statuses = {step.digest: outcome.status for step, outcome in result.outcomes.items()}
-    assert statuses == {d1: "failed", d2: "skipped", d3: "skipped"}
+    statuses = {step.digest: r.outcome for step, r in result.results.items()}
+    assert statuses == {d1: Outcome.FAILED, d2: Outcome.SKIPPED, d3: Outcome.SKIPPED}
 
 
 async def test_step_waiting_for_an_unplanned_manifest_is_skipped():
@@ -117,7 +119,7 @@ async def test_step_waiting_for_an_unplanned_manifest_is_skipped():
     registry = FakeRegistry.of(listing("web/api", manifest(d4)))
     orphan = Step(StepKind.DELETE_MANIFEST, "web/api", d4, after=(d1,))
     outcomes = await execute([orphan], registry, concurrency=4)
-    assert outcomes[orphan].status == "skipped"
+    assert outcomes[orphan].outcome is Outcome.SKIPPED
     assert registry.digests("web/api") == {d4}
 
 
