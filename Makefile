@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+CHECKOV_STAMP := .venv-checkov/.installed
 
 .PHONY: setup demo test lint typecheck security unit integration infra-check bench clean
 
@@ -17,7 +18,13 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-setup: $(VENV_STAMP) $(NODE_STAMP)
+# checkov pins an older pycep-parser than the project, so it has a virtual environment of its own.
+$(CHECKOV_STAMP): infra/checkov-constraints.txt
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet --disable-pip-version-check -c infra/checkov-constraints.txt checkov
+	touch $@
+
+setup: $(VENV_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
 
 ## demo: start the emulators with a demo registry and run the cleanup against them, end to end
 demo: $(VENV_STAMP)
@@ -26,7 +33,6 @@ demo: $(VENV_STAMP)
 ## test: lint, type-check, security scan, every test (unit, integration, Function App, infra)
 test: setup lint typecheck security
 	$(PY) -m pytest
-	bash infra/check.sh
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check .
@@ -44,8 +50,8 @@ unit: $(VENV_STAMP)
 integration: setup
 	$(PY) -m pytest -m integration
 
-infra-check: $(VENV_STAMP)
-	bash infra/check.sh
+infra-check: $(VENV_STAMP) $(CHECKOV_STAMP)
+	$(PY) -m pytest -m infra
 
 ## bench: the benchmark harness (product beside the baseline, against the emulators)
 bench: $(VENV_STAMP)

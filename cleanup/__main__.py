@@ -1,0 +1,77 @@
+"""`python -m cleanup [--dry-run] [--json]`: one run from the command line.
+
+The report goes to stdout; progress, log lines and errors go to stderr. Exit status: 0 all done,
+1 some lookups or deletions failed, 2 a setting or argument is invalid (nothing contacted),
+3 stopped before deleting anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from cleanup import __version__
+from cleanup.errors import ConfigurationError
+from cleanup.progress import TerminalProgress
+from cleanup.settings import load_settings
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m cleanup",
+        description=(
+            "Delete Azure Container Registry images whose Azure DevOps pull request is completed "
+            "or abandoned. Settings come from environment variables (CLEANUP_REGISTRY, "
+            "AZURE_DEVOPS_ORG_URL, ...); see the README."
+        ),
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan and report, delete nothing (overrides CLEANUP_DRY_RUN)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of a table"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log every request decision to stderr"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser.parse_args(argv)
+
+
+def configure_logging(*, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("cleanup").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(verbose=args.verbose)
+    try:
+        settings = load_settings(os.environ, dry_run=True if args.dry_run else None)
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - the command line's own error channel
+        return exc.exit_code
+
+    from cleanup.engine import run
+
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() and not args.json else None
+    report = asyncio.run(run(settings, progress=progress))
+    if progress is not None:
+        progress.clear()
+    output = report.to_json() if args.json else report.render_text()
+    sys.stdout.write(output if output.endswith("\n") else output + "\n")
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
