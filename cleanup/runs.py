@@ -298,6 +298,11 @@ def _summary_counts(report_dict: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _first_error(report_dict: Mapping[str, Any]) -> str | None:
+    """Why a run did not succeed, in one line: why it stopped, else its first error."""
+    summary = report_dict.get("summary")
+    stopped = summary.get("stopped") if isinstance(summary, dict) else None
+    if isinstance(stopped, str) and stopped:
+        return f"stopped: {stopped}"[:500]
     errors = report_dict.get("errors")
     if not isinstance(errors, list) or not errors:
         return None

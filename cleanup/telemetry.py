@@ -56,7 +56,7 @@ _manifests_deleted = _meter.create_counter(
 _failures = _meter.create_counter(
     "cleanup.failures",
     unit="{failure}",
-    description="Failed deletions and lookups, and runs that stopped or crashed",
+    description="Failed lookups, deletions and listings; stopped and crashed runs",
 )
 _duration = _meter.create_histogram(
     "cleanup.run.duration", unit="s", description="Wall-clock duration of a cleanup run"
@@ -93,7 +93,9 @@ def record_run(report: Report, duration_s: float) -> None:
     _pull_requests.add(_count(summary, "pullRequests"), base)
     _tags_deleted.add(_count(summary, "deleted"), per_run)
     _manifests_deleted.add(_count(summary, "manifestsDeleted"), per_run)
-    failures = _count(summary, "failed") + (len(errors) if isinstance(errors, list) else 0)
+    # `errors` holds every failure once: failed lookups and deletions, incomplete listings,
+    # and the reason a run stopped (summary.failed counts the failed deletions among them).
+    failures = len(errors) if isinstance(errors, list) else 0
     if failures:
         _failures.add(failures, base)
     _duration.record(duration_s, {**per_run, "outcome": outcome})
