@@ -159,9 +159,20 @@ def _first_line(text: str) -> str:
     return line[:_MAX_DETAIL]
 
 
-def make_http_client(concurrency: int = 16, *, timeout_s: float = 30.0) -> httpx.AsyncClient:
-    """The shared HTTP/1.1 keep-alive client; trusts SSL_CERT_FILE / SSL_CERT_DIR (trust_env)."""
+def make_http_client(
+    concurrency: int = 16, *, timeout_s: float = 30.0, ca_file: str | None = None
+) -> httpx.AsyncClient:
+    """The shared HTTP/1.1 keep-alive client.
+
+    It trusts SSL_CERT_FILE / SSL_CERT_DIR from the environment (trust_env) and, when `ca_file`
+    is given (the parsed SSL_CERT_FILE setting), that bundle explicitly, so a caller whose
+    process environment lacks the variable (tests, the Function App host) gets the same trust.
+    """
+    verify: ssl.SSLContext | bool = True
+    if ca_file is not None:
+        verify = ssl.create_default_context(cafile=ca_file)
     return httpx.AsyncClient(
+        verify=verify,
         http1=True,
         http2=False,
         trust_env=True,
@@ -211,6 +222,7 @@ class AzureDevOpsPullRequests:
         clock: Clock = time.monotonic,
         max_list_pages: int = 2,
         timeout_s: float = 30.0,
+        ca_file: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -218,7 +230,7 @@ class AzureDevOpsPullRequests:
         self._project = project.strip() if project and project.strip() else None
         self._auth = auth
         self._owns_client = client is None
-        self._client = client or make_http_client(concurrency, timeout_s=timeout_s)
+        self._client = client or make_http_client(concurrency, timeout_s=timeout_s, ca_file=ca_file)
         self._retrier = Retrier(retry, sleep=sleep, clock=clock)
         self._semaphore = asyncio.Semaphore(concurrency)
         self._max_list_pages = max(1, max_list_pages)

@@ -43,6 +43,8 @@ class Outcome(enum.Enum):
     """Not attempted: a step it waits for failed."""
     NOT_EXECUTED = "notExecuted"
     """Not attempted: a dry run, or the run stopped."""
+    LOCKED = "locked"
+    """The registry refused: the item was locked after it was listed. Kept, not a failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +284,8 @@ def _final(
         return "keep", decision.reason
     if result is not None and result.outcome is Outcome.DONE:
         return "delete", decision.reason
+    if result is not None and result.outcome is Outcome.LOCKED:
+        return "keep", f"{decision.reason}; not deleted: the registry says it is locked"
     if result is not None and result.outcome in (Outcome.FAILED, Outcome.SKIPPED):
         return "failed", f"{decision.reason}; {_failure(result)}"
     if dry_run:
