@@ -64,11 +64,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from urllib.parse import quote
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware as AioMiddleware
 
 from emulators.entra import ACR_RESOURCE, TokenIssuer
 from emulators.harness import Handler, Knobs, RequestLog, make_middlewares
@@ -163,6 +162,12 @@ class AcrKnobs(Knobs):
     read_budget: Budget | None = None
     write_budget: Budget | None = None
     cascade_referrers: bool = False
+    token_generation: int = 0
+    """Tokens issued before the last `revoke_tokens()` are refused (a forced expiry)."""
+
+    def revoke_tokens(self) -> None:
+        """Refuse every refresh and access token issued so far, as if they had expired."""
+        self.token_generation += 1
 
     def set_sku(self, sku: str, window_s: float = 60.0) -> None:
         """Budgets like the SKU's per-minute estimates, squeezed into `window_s` if asked."""
@@ -721,7 +726,8 @@ def parse_scope(scope: str) -> Access:
 class TokenAuthority:
     """Issues and verifies the registry's own refresh and access tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, generation: Callable[[], int] = lambda: 0) -> None:
+        self._generation = generation
         self._refresh_key = secrets.token_bytes(32)
         self._access_key = secrets.token_bytes(32)
         self.refresh_issued = 0
@@ -749,6 +755,8 @@ class TokenAuthority:
             return None
         if claims.get("aud") != service or float(claims.get("exp", 0)) <= time.time():
             return None
+        if claims.get("gen", 0) != self._generation():
+            return None
         return claims
 
     def _base_claims(self, service: str, subject: str, lifetime_s: float) -> dict[str, Any]:
@@ -763,6 +771,7 @@ class TokenAuthority:
             "aud": service,
             "version": "1.0",
             "grant_type": "refresh_token",
+            "gen": self._generation(),
         }
 
     def refresh_token(self, service: str, subject: str, lifetime_s: float) -> str:
@@ -920,7 +929,7 @@ def make_app(  # noqa: PLR0915 - one small closure per route reads better than a
     state: AcrState, knobs: AcrKnobs, log: RequestLog, issuer: TokenIssuer
 ) -> web.Application:
     """The registry emulator; serve it over HTTPS."""
-    authority = TokenAuthority()
+    authority = TokenAuthority(lambda: knobs.token_generation)
 
     def service_of(request: web.Request) -> str:
         return request.host
@@ -983,7 +992,7 @@ def make_app(  # noqa: PLR0915 - one small closure per route reads better than a
 
     app = web.Application(
         middlewares=[
-            *cast("list[AioMiddleware]", make_middlewares(SERVICE, knobs, log)),
+            *make_middlewares(SERVICE, knobs, log),
             registry_errors,
             authorized,
         ]
