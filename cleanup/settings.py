@@ -14,7 +14,8 @@ Choices the contract leaves open, kept here in one place:
 - `AZURE_TENANT_ID` without a secret is ignored (managed identity needs no tenant).
 - Surrounding spaces are trimmed from every value (the tag pattern and secrets included).
 - The tag pattern refuses a quantified group that contains another quantifier (`(a+)+`,
-  `(\d*)*`, `(x+){2,}`): with backtracking `re` these can take exponential time. Matching
+  `(\d*)*`, `(x+){2,}`) or an alternation (`(a|aa)*`): with backtracking `re` these can
+  take exponential time. Matching
   is also bounded by the 128-character limit of ACR tags (see policy.pr_id).
 """
 
@@ -507,35 +508,48 @@ def parse_tag_pattern(value: str) -> re.Pattern[str]:
         raise ValueError(f"not a valid regular expression ({error})") from None
     if "pr" not in pattern.groupindex:
         raise ValueError(r"the pattern needs a named group pr, e.g. (?i)^pr-?(?P<pr>\d+)$")
-    if _has_nested_quantifier(value):
-        raise ValueError(
-            "a repeated group that itself repeats (like (a+)+ or (.*)*) can take exponential "
-            "time; quantify the inner part only"
-        )
+    reason = _catastrophic(value)
+    if reason is not None:
+        raise ValueError(reason)
     return pattern
 
 
-def _has_nested_quantifier(value: str) -> bool:
+_NESTED = (
+    "a repeated group that itself repeats (like (a+)+ or (.*)*) can take exponential time; "
+    "quantify the inner part only"
+)
+_ALTERNATION = (
+    "an alternation inside a repeat (like (a|aa)*) can take exponential time; "
+    "use a character class or repeat each branch separately"
+)
+
+
+def _catastrophic(value: str) -> str | None:
+    """Why the pattern can backtrack exponentially, or None when it cannot in these ways."""
     try:
         tree = _sre_parser.parse(value)
     except (re.error, OverflowError, RecursionError):  # pragma: no cover -- compile() passed
-        return True
+        return "the pattern cannot be analysed"
     return _walk(list(tree), inside_repeat=False)
 
 
-def _walk(items: list[tuple[Any, Any]], *, inside_repeat: bool) -> bool:
+def _walk(items: list[tuple[Any, Any]], *, inside_repeat: bool) -> str | None:
     for op, arg in items:
         name = str(op)
         if name in _REPEATS:
             repeats = arg[1] > 1
             if repeats and inside_repeat:
-                return True
+                return _NESTED
             bodies, inner = [arg[2]], inside_repeat or repeats
+        elif name == "BRANCH" and inside_repeat:
+            return _ALTERNATION
         else:
             bodies, inner = _sub_patterns(name, arg), inside_repeat
-        if any(_walk(list(body), inside_repeat=inner) for body in bodies):
-            return True
-    return False
+        for body in bodies:
+            reason = _walk(list(body), inside_repeat=inner)
+            if reason is not None:
+                return reason
+    return None
 
 
 def _sub_patterns(name: str, arg: Any) -> list[Any]:

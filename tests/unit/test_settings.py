@@ -179,6 +179,8 @@ def test_repository_filter_is_one_regex():
         (r"(?P<pr>\d+)(a|b+)+", "exponential"),
         (r"(?P<pr>(?:\d{1,3}){2,})", "exponential"),
         (r"(?P<pr>\d+)(?=(a+)+)", "exponential"),
+        (r"(?P<pr>(a|aa)*)", "alternation"),
+        (r"(?P<pr>\d+)(-linux|-win)+", "alternation"),
     ],
 )
 def test_tag_pattern_refused(value, says):
