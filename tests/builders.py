@@ -105,6 +105,8 @@ def pr(
         closed_at = NOW - closed_ago
     if closed_at is None and state.is_closed:
         closed_at = NOW - timedelta(days=30)
+    if not state.is_closed:
+        closed_at = None
     if state is PullRequestStatus.UNKNOWN and error is None:
         error = "HTTP 500 from Azure DevOps"
     return PullRequest(number, state, closed_at, error)
