@@ -1288,7 +1288,6 @@ def make_app(  # noqa: PLR0915 - one small closure per route reads better than a
     r.add_delete(f"/v2/{name}/manifests/{{reference}}", manifest_delete, name="acr.manifest.delete")
     r.add_get(f"/acr/v1/{name}", repository_get, name="acr.repository.get", allow_head=False)
     r.add_route("*", "/{tail:.*}", unknown, name="acr.unknown")
-    app["authority"] = authority
     return app
 
 
