@@ -11,6 +11,9 @@ Choices the contract leaves open:
 
 - A planned deletion that failed, or was skipped because an earlier step it waits for failed,
   is `failed` and counts in `summary.failed` (its tag is still there, so it is kept by failure).
+- A deletion the registry refused as locked (Outcome.LOCKED), and a step skipped only because
+  what it waits for is locked, is `keep` and counts in `locked`: not a failure, as the
+  contract says of locks.
 - A deletion not executed because the run stopped is `keep`, its reason saying so; in a dry run
   it is `delete` (the plan), rendered "would delete".
 - `summary` adds `locked` (kept because locked), `outcome` (`succeeded`, `partial`, `stopped`)
@@ -201,7 +204,10 @@ def build_report(
         for pull in plan.lookup_failures
     ]
     manifests_deleted = 0
+    held: set[tuple[str, StepKind, str, str | None]] = set()
+    """Steps kept by a lock: LOCKED, or SKIPPED only because what they wait for is held."""
     for repository in plan.repositories:
+        locked_digests: set[str] = set()
         if not repository.complete:
             all_errors.append(
                 ReportError(
@@ -218,6 +224,11 @@ def build_report(
                 outcome is Outcome.DONE or (dry_run and outcome is Outcome.NOT_EXECUTED)
             ):
                 manifests_deleted += 1
+            if outcome is Outcome.SKIPPED and step.after and set(step.after) <= locked_digests:
+                outcome = Outcome.LOCKED
+            if outcome is Outcome.LOCKED:
+                held.add(_step_key(step))
+                locked_digests.add(step.digest)
             if result is not None and outcome in (Outcome.FAILED, Outcome.SKIPPED):
                 kind = "tag" if step.kind is StepKind.DELETE_TAG else "manifest"
                 all_errors.append(ReportError(f"{kind}:{step.target}", _failure(result)))
@@ -227,10 +238,17 @@ def build_report(
     locked = 0
     for decision in plan.decisions:
         carrier = steps_by_tag.get((decision.repository, decision.tag))
-        result = outcomes.get(_step_key(carrier)) if carrier is not None else None
-        action, reason = _final(decision, result, dry_run=dry_run, stopped=stopped)
+        key = _step_key(carrier) if carrier is not None else None
+        result = outcomes.get(key) if key is not None else None
+        if key in held:
+            action, reason = (
+                "keep",
+                f"{decision.reason}; not deleted: the registry says it is locked",
+            )
+        else:
+            action, reason = _final(decision, result, dry_run=dry_run, stopped=stopped)
         counts[action] += 1
-        locked += decision.locked
+        locked += decision.locked or key in held
         actions.append(
             ReportAction(
                 decision.repository,
@@ -284,8 +302,6 @@ def _final(
         return "keep", decision.reason
     if result is not None and result.outcome is Outcome.DONE:
         return "delete", decision.reason
-    if result is not None and result.outcome is Outcome.LOCKED:
-        return "keep", f"{decision.reason}; not deleted: the registry says it is locked"
     if result is not None and result.outcome in (Outcome.FAILED, Outcome.SKIPPED):
         return "failed", f"{decision.reason}; {_failure(result)}"
     if dry_run:
@@ -364,7 +380,7 @@ def _render_text(report: Report) -> str:
         f"{_timestamp(report.finished_at)} ({_duration(report)})",
     ]
     if report.stopped is not None:
-        lines.append(f"STOPPED before deleting anything: {_clean(report.stopped)}")
+        lines.append(f"STOPPED: {_clean(report.stopped)}")
     lines += [
         "",
         f"{s.repositories} repositories, {s.tags_scanned} tags scanned, "
@@ -397,7 +413,7 @@ def _render_text(report: Report) -> str:
             for row in rows
         ]
     if report.errors:
-        lines += ["", f"{len(report.errors)} errors:"]
+        lines += ["", f"Errors ({len(report.errors)}):"]
         lines += [f"  {_clean(e.scope)}: {_clean(e.message)}" for e in report.errors]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 

@@ -215,3 +215,23 @@ def test_text_neutralises_control_characters():
     text = report_of(p).render_text()
     assert "\x1b" not in text
     assert "evil?[2J" in text
+
+
+def test_a_deletion_refused_as_locked_is_kept_not_failed():
+    """A step the registry refuses as locked keeps its tags, counts as locked, exit code 0."""
+    p = plan_of(listing("web/api", manifest(d1, "PR1")), states(pr(1, "completed")))
+    report = report_of(p, results_for(p.steps, Outcome.LOCKED, "disallowed"))
+    assert (report.actions[0].action, report.summary.locked, report.exit_code) == ("keep", 1, 0)
+    assert report.actions[0].reason.endswith("not deleted: the registry says it is locked")
+
+
+def test_children_skipped_behind_a_locked_index_are_not_errors():
+    """Platform manifests skipped because their index is locked are no failure."""
+    p = plan_of(
+        listing("web/api", index(d1, "PR1", children=(d2,)), manifest(d2)),
+        states(pr(1, "completed")),
+    )
+    parent, child = list(p.steps)
+    results = [*results_for([parent], Outcome.LOCKED), *results_for([child], Outcome.SKIPPED)]
+    report = report_of(p, results)
+    assert (report.errors, report.exit_code, report.summary.manifests_deleted) == ((), 0, 0)
