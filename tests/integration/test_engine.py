@@ -9,6 +9,8 @@ import pytest
 from cleanup.engine import run
 from cleanup.settings import load_settings
 from emulators import Emulators
+from emulators.acr import AcrKnobs, Budget
+from emulators.harness import FaultRule
 from emulators.scenario import ImageSeed, PullRequestSeed, Scenario, demo_scenario
 from tests.conftest import StartEmulators
 
@@ -171,3 +173,19 @@ async def test_request_counts_stay_close_to_one_per_operation(identity_environme
     operations = log.count(service="acr") - token_requests - challenges
     assert operations > 200
     assert log.count(service="acr") / operations <= 1.2
+
+
+async def test_throttled_registry_and_devops_are_waited_out(identity_environment):
+    """429s with Retry-After from both services slow the run down; nothing fails."""
+    emulators = identity_environment(
+        demo_scenario(), acr_knobs=AcrKnobs(write_budget=Budget(3, 0.5))
+    )
+    emulators.devops.knobs.faults.add(
+        FaultRule(route="devops.*", status=429, retry_after=0.1, times=3)
+    )
+    report = await run(settings_for(emulators))
+    assert actions(report.to_dict()) == DEMO_EXPECTED
+    assert report.exit_code == 0
+    assert emulators.log.count(service="acr", status=429) > 0
+    assert emulators.log.count(service="devops", status=429) == 3
+    assert not emulators.acr.state.has_tag("team/api", "PR1234")
