@@ -484,10 +484,11 @@ class RunStore:
         await self._ensure_ready()
         for _ in range(CLAIM_ATTEMPTS):
             lock = await self._read_lock(create=True)
-            assert lock is not None  # noqa: S101 - created above
+            if lock is None:  # deleted between creating and reading it: look again
+                continue
             if lock.leased:
                 raise RunGoingError(lock.run_id)
-            if lock.run_id is not None and not await self._settle_previous(lock):
+            if lock.run_id is not None and not await self._settle_previous(lock, lock.run_id):
                 continue
             now = self._clock()
             record = RunRecord(
@@ -531,11 +532,10 @@ class RunStore:
             return record
         raise RunGoingError(None)
 
-    async def _settle_previous(self, lock: LockState) -> bool:
+    async def _settle_previous(self, lock: LockState, run_id: str) -> bool:
         """Raise RunGoingError if the lock's current run is going; persist it failed if it
         is dead. False when the record changed meanwhile (the caller reads again)."""
-        assert lock.run_id is not None  # noqa: S101 - checked by the caller
-        current = await self._load(lock.run_id)
+        current = await self._load(run_id)
         if current is None:
             return True
         verdict = effective(current, lock, self._clock())
@@ -615,7 +615,8 @@ class RunStore:
     async def _start(self, lease: BlobLeaseClient) -> RunRecord | None:
         """Under the lease: queued -> running, or persist why the run will not run."""
         lock = await self._read_lock()
-        assert lock is not None  # noqa: S101 - we hold its lease
+        if lock is None:  # we hold its lease, so it exists; this is only for the type checker
+            return None
         # While we hold the lease, no claim can move the pointer; re-read the record for an
         # ETag taken under the lease.
         run_id = lock.run_id
