@@ -283,6 +283,7 @@ _DELETE, _KEEP = Action.DELETE, Action.KEEP
 _BY_TAG, _BY_MANIFEST = StepKind.DELETE_TAG, StepKind.DELETE_MANIFEST
 _TAG_LOCKED = "tag is locked (deleteEnabled false)"
 _MANIFEST_LOCKED = "manifest is locked"
+_ALL_TAGS_GO = "every tag of the manifest is deleted"
 
 
 def _incomplete(
@@ -465,8 +466,11 @@ def _ordered(
     dependants: dict[str, list[str]] = defaultdict(list)
     roots = []
     for digest in doomed:
-        subject = manifests[digest].subject
         users = parents.get(digest)
+        subject = manifests[digest].subject
+        if not users and (subject is None or subject not in doomed):
+            roots.append(digest)
+            continue
         before = doomed.intersection(users) if users else set()
         if subject is not None and subject in doomed:
             before.add(subject)
@@ -480,9 +484,10 @@ def _ordered(
     roots.sort()
     ready = deque(roots)
     ordered: dict[str, tuple[tuple[str, ...], str]] = {}
+    no_wait: tuple[str, ...] = ()
     while ready:
         digest = ready.popleft()
-        after = waits.get(digest, ())
+        after = waits.get(digest, no_wait)
         ordered[digest] = (after, _manifest_reason(manifests[digest], after, tagged))
         later = dependants.get(digest)
         if later:
@@ -496,8 +501,8 @@ def _ordered(
 def _manifest_reason(
     manifest: Manifest, after: tuple[str, ...], tagged: Callable[[str], bool]
 ) -> str:
-    if tagged(manifest.digest):
-        return "every tag of the manifest is deleted"
+    if not after or tagged(manifest.digest):
+        return _ALL_TAGS_GO
     if manifest.subject is not None and manifest.subject in after:
         return f"attached to deleted manifest {manifest.subject}"
     return f"platform manifest of deleted index {', '.join(after)}"
