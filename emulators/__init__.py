@@ -183,9 +183,7 @@ class Emulators:
     def _running(self, name: str, service: Any) -> Any:
         if service is None:
             if name in self._missing:
-                raise RuntimeError(
-                    f"the {name} emulator is not available: {self._missing[name]}"
-                )
+                raise RuntimeError(f"the {name} emulator is not available: {self._missing[name]}")
             raise RuntimeError("the emulators are not running (use `with Emulators(...)`)")
         return service
 
