@@ -501,7 +501,11 @@ class RunStore:
             )
             record = await self._save(record, create=True)
             try:
-                await self._lock.set_blob_metadata({"runid": record.run_id}, if_match=lock.etag)
+                await self._lock.set_blob_metadata(
+                    {"runid": record.run_id},
+                    etag=lock.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
             except HttpResponseError as error:
                 if error.status_code not in (409, 412):
                     raise
