@@ -466,6 +466,18 @@ def test_locks_can_be_changed_with_patch(acr: Acr, demo: Emulators) -> None:
     assert acr.http.delete("/acr/v1/web/_tags/latest", headers=headers).status_code == LOCKED_STATUS
 
 
+def test_manifest_locks_can_be_changed_with_patch(acr: Acr, demo: Emulators) -> None:
+    """PATCH _manifests/{digest} answers ManifestAttributes and locks the manifest."""
+    digest = demo.acr.state.resolve("web", "latest")
+    token = acr.access_token("repository:web:metadata_write,delete")
+    headers = {"Authorization": f"Bearer {token}"}
+    path = f"/acr/v1/web/_manifests/{digest}"
+    patched = acr.http.patch(path, json={"deleteEnabled": False}, headers=headers)
+    validate(patched.json(), schema_for("/acr/v1/{name}/_manifests/{digest}", "patch", "200"))
+    deleted = acr.http.delete(f"/v2/web/manifests/{digest}", headers=headers)
+    assert deleted.status_code == LOCKED_STATUS
+
+
 # --- bad requests ----------------------------------------------------------------------------
 
 
