@@ -264,3 +264,37 @@ async def test_a_crashed_run_is_reported_unfinished_and_does_not_hold_the_lock(f
 
     accepted = await call(functions, "start_run")(http("POST", "cleanup"))
     assert accepted.status_code == 202
+
+
+async def test_a_run_that_loses_its_lease_stops_instead_of_running_unguarded(app_env):
+    """If the lease is lost (here: broken by someone else), the run is cancelled at the next
+    renewal and recorded failed, rather than going on without the lock."""
+    from azure.storage.blob.aio import BlobClient, BlobLeaseClient
+
+    store, message = await queued(app_env)
+    await store.close()
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def held(settings, run_id):
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with store_for(app_env, lease_duration=15) as guarded:
+        execution = asyncio.create_task(guarded.execute(message, load_settings(app_env), held))
+        await asyncio.wait_for(started.wait(), timeout=60)
+        async with BlobClient.from_connection_string(
+            app_env["AzureWebJobsStorage"],
+            app_env["CLEANUP_STORAGE_CONTAINER"],
+            "locks/contoso.azurecr.io",
+        ) as lock:
+            await BlobLeaseClient(lock).break_lease(lease_break_period=0)
+        record = await asyncio.wait_for(execution, timeout=60)
+    assert cancelled.is_set()
+    assert record is not None
+    assert record.state is RunState.FAILED
+    assert "lost its lock lease" in (record.error or "")
