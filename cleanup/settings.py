@@ -33,6 +33,7 @@ from datetime import timedelta
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
+from cleanup.credentials import CredentialChoice, choose_credential
 from cleanup.durations import ALLOWED as DURATION_ALLOWED
 from cleanup.durations import parse_duration
 from cleanup.errors import ConfigurationError
@@ -94,14 +95,6 @@ class UnknownPullRequest(enum.Enum):
 
     KEEP = "keep"
     DELETE = "delete"
-
-
-class CredentialKind(enum.Enum):
-    """Which Azure credential the settings select (azure-identity builds it)."""
-
-    SERVICE_PRINCIPAL = "service principal"
-    USER_ASSIGNED_MANAGED_IDENTITY = "user-assigned managed identity"
-    MANAGED_IDENTITY = "system-assigned managed identity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +169,10 @@ class Settings:
         """True when CLEANUP_REPOSITORIES selects the repository `name`."""
         return self.repositories.selected(name)
 
-    @property
-    def credential_kind(self) -> CredentialKind:
-        if self.client_secret is not None:
-            return CredentialKind.SERVICE_PRINCIPAL
-        if self.client_id is not None:
-            return CredentialKind.USER_ASSIGNED_MANAGED_IDENTITY
-        return CredentialKind.MANAGED_IDENTITY
+    def credential_choice(self) -> CredentialChoice:
+        """The Azure credential these settings select (cleanup.credentials decides)."""
+        secret = self.client_secret.reveal() if self.client_secret is not None else None
+        return choose_credential(self.client_id, self.tenant_id, secret)
 
 
 class SettingsError(ConfigurationError):

@@ -7,11 +7,11 @@ from datetime import timedelta
 
 import pytest
 
+from cleanup.credentials import CredentialKind
 from cleanup.durations import format_duration, parse_duration
 from cleanup.errors import ConfigurationError
 from cleanup.settings import (
     SETTING_DEFAULTS,
-    CredentialKind,
     RepositoryFilter,
     Secret,
     UnknownPullRequest,
@@ -48,7 +48,7 @@ def test_defaults():
         None,
         None,
     )
-    assert s.credential_kind is CredentialKind.MANAGED_IDENTITY
+    assert s.credential_choice().kind is CredentialKind.SYSTEM_ASSIGNED_MANAGED_IDENTITY
 
 
 def test_setting_defaults_parse_to_the_settings_defaults():
@@ -380,9 +380,9 @@ def test_schedule_refused(value, says):
 @pytest.mark.parametrize(
     ("env", "kind"),
     [
-        ({}, CredentialKind.MANAGED_IDENTITY),
+        ({}, CredentialKind.SYSTEM_ASSIGNED_MANAGED_IDENTITY),
         ({"AZURE_CLIENT_ID": "c"}, CredentialKind.USER_ASSIGNED_MANAGED_IDENTITY),
-        ({"AZURE_TENANT_ID": "t"}, CredentialKind.MANAGED_IDENTITY),
+        ({"AZURE_TENANT_ID": "t"}, CredentialKind.SYSTEM_ASSIGNED_MANAGED_IDENTITY),
         (
             {"AZURE_CLIENT_ID": "c", "AZURE_TENANT_ID": "t", "AZURE_CLIENT_SECRET": "s"},
             CredentialKind.SERVICE_PRINCIPAL,
@@ -395,7 +395,7 @@ def test_schedule_refused(value, says):
 )
 def test_credential_kinds(env, kind):
     """Service principal with all three; a client id alone picks a user-assigned identity."""
-    assert load_settings(environment(**env)).credential_kind is kind
+    assert load_settings(environment(**env)).credential_choice().kind is kind
 
 
 @pytest.mark.parametrize(
