@@ -30,7 +30,6 @@ from cleanup.settings import load_settings
 
 if TYPE_CHECKING:
     from cleanup.report import Report
-
     from cleanup.settings import Settings
 
 log = logging.getLogger("cleanup.function_app")
@@ -156,7 +155,11 @@ async def cleanup_nightly(timer: func.TimerRequest) -> None:
     """The nightly run: queued like an HTTP run; skipped (logged) while another is going."""
     if timer.past_due:
         log.warning("the nightly cleanup is past due; running it now")
-    settings = _settings()
+    try:
+        settings = _settings()
+    except ConfigurationError as error:
+        log.error("the nightly cleanup cannot run, misconfigured: %s", error)  # noqa: TRY400
+        raise
     async with runs.open_store(os.environ, settings) as store:
         try:
             record = await store.claim(trigger=runs.Trigger.TIMER, dry_run=settings.dry_run)

@@ -267,3 +267,16 @@ async def test_a_poisoned_message_marks_its_run_failed_and_frees_the_lock(functi
     # and the original message, delivered once more, does not run it
     await call(functions, "execute_run")(message)
     assert body_of(await get_run(functions, first["runId"]))["status"] == "failed"
+
+
+async def test_a_misconfigured_timer_logs_the_setting_and_fails(
+    functions, app_env, monkeypatch, caplog
+):
+    """The timer with a bad setting logs the setting's message, fails, and queues nothing."""
+    from cleanup.errors import ConfigurationError
+
+    monkeypatch.setenv("CLEANUP_UNKNOWN_PR", "maybe")
+    with caplog.at_level(logging.ERROR), pytest.raises(ConfigurationError):
+        await call(functions, "cleanup_nightly")(TimerRequest())
+    assert "CLEANUP_UNKNOWN_PR" in caplog.text
+    assert take_messages(app_env) == []
