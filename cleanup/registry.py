@@ -18,7 +18,8 @@ Retries: azure-core's retry policy retries 408/429/500/502/503/504 honouring `Re
 only 3 times per status by default. A write budget's window can be a minute, so the adapter
 allows `retry_status` (default 24) status retries with up to `retry_backoff_max` seconds
 between attempts without `Retry-After`: a throttled deletion waits for the next window instead
-of failing. Connection failures are retried 3 times, then ServiceUnreachableError.
+of failing. Connection failures are retried 3 times, then ServiceUnreachableError. A response
+that does not start within `timeout_s` (30 s) counts as a connection failure.
 
 TLS trust: aiohttp (azure-core's async transport) builds its default SSL context once, when it
 is imported, so an `SSL_CERT_FILE` set later is not seen; and azure-core's
@@ -534,6 +535,7 @@ class AcrRegistry:
         retry_backoff_max: float = 60.0,
         retry_connect: int = 3,
         page_size: int | None = None,
+        timeout_s: float = 30.0,
     ) -> None:
         if not endpoint.startswith(("https://", "http://")):
             endpoint = "https://" + endpoint
@@ -553,6 +555,7 @@ class AcrRegistry:
             "retry_read": retry_connect,
         }
         self._page_size = page_size
+        self._timeout_s = timeout_s
         self.token_cache = AcrTokenCache()
         self._semaphore = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
@@ -575,7 +578,14 @@ class AcrRegistry:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
         )
-        transport = AioHttpTransport(session=self._session, session_owner=False)
+        # azure-core waits 300 s for a silent connection by default: a hung registry would
+        # hold the run for many minutes per retry.
+        transport = AioHttpTransport(
+            session=self._session,
+            session_owner=False,
+            connection_timeout=min(10.0, self._timeout_s),
+            read_timeout=self._timeout_s,
+        )
         policies = _PerPipeline(
             lambda: AcrTokenPolicy(
                 self.token_cache, self._credential, self.endpoint, self._audience
