@@ -9,18 +9,33 @@ from __future__ import annotations
 import logging
 import uuid
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from azure.core.credentials_async import AsyncTokenCredential
 
-from cleanup.credentials import make_credential
+from cleanup.credentials import build_credential
 from cleanup.devops import AzureDevOpsPullRequests, BearerAuth, DevOpsAuth, PatAuth
 from cleanup.registry import AcrRegistry
 from cleanup.report import Report, build_report
+from cleanup.retry import RetryPolicy
 from cleanup.runner import Clock, ProgressCallback, run_cleanup
 from cleanup.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """How patient the adapters are: not a user setting; tests shorten it to inject faults fast."""
+
+    registry_timeout_s: float = 30.0
+    devops_timeout_s: float = 30.0
+    registry_backoff_s: float = 0.8
+    """azure-core's backoff factor between registry retries without Retry-After."""
+    registry_backoff_max_s: float = 60.0
+    devops_retry: RetryPolicy | None = None
+    """None: the Azure DevOps adapter's own RetryPolicy()."""
 
 
 def utc_now() -> datetime:
@@ -33,8 +48,7 @@ def new_run_id() -> str:
 
 def credential_for(settings: Settings) -> AsyncTokenCredential:
     """The Azure credential the settings select (service principal or managed identity)."""
-    secret = settings.client_secret.reveal() if settings.client_secret is not None else None
-    return make_credential(settings.client_id, settings.tenant_id, secret)
+    return build_credential(settings.credential_choice())
 
 
 def devops_auth(settings: Settings, credential: AsyncTokenCredential) -> DevOpsAuth:
@@ -50,8 +64,10 @@ async def run(
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
     clock: Clock = utc_now,
+    tuning: Tuning | None = None,
 ) -> Report:
     """Run one cleanup and report it; a stopped run is a report too (exit code 3)."""
+    tuning = tuning or Tuning()
     run_id = run_id or new_run_id()
     mode = "dry run" if settings.dry_run else "real run"
     log.info("run %s: registry %s, %s", run_id, settings.registry, mode)
@@ -64,6 +80,9 @@ async def run(
                 credential,
                 concurrency=settings.concurrency,
                 ca_file=settings.ssl_cert_file,
+                timeout_s=tuning.registry_timeout_s,
+                retry_backoff_factor=tuning.registry_backoff_s,
+                retry_backoff_max=tuning.registry_backoff_max_s,
             )
         )
         pull_requests = await stack.enter_async_context(
@@ -73,6 +92,8 @@ async def run(
                 devops_auth(settings, credential),
                 concurrency=settings.concurrency,
                 ca_file=settings.ssl_cert_file,
+                timeout_s=tuning.devops_timeout_s,
+                retry=tuning.devops_retry,
             )
         )
         result = await run_cleanup(
