@@ -135,8 +135,7 @@ class _Run:
     async def list_all(self, listings: list[RepositoryListing], lookups: _Lookups) -> None:
         try:
             with tracer.start_as_current_span("cleanup.list"):
-                selected = self.settings.repository_selected
-                names = [n async for n in self.registry.list_repository_names() if selected(n)]
+                names = await self.repository_names()
                 self.state.repositories_total = len(names)
                 self.notify()
                 await for_each(
@@ -146,6 +145,16 @@ class _Run:
                 )
         finally:
             lookups.close()
+
+    async def repository_names(self) -> list[str]:
+        """The selected repositories; without the whole catalog there is nothing to plan."""
+        selected = self.settings.repository_selected
+        try:
+            return [n async for n in self.registry.list_repository_names() if selected(n)]
+        except RegistryOperationError as exc:
+            raise StopRunError(
+                f"the registry's list of repositories could not be read: {exc}"
+            ) from None
 
     async def list_one(
         self, name: str, listings: list[RepositoryListing], lookups: _Lookups
