@@ -31,7 +31,8 @@ client one aiohttp session built on it.
 Errors: 401/403 raise AuthenticationError; a locked tag or manifest raises LockedError;
 connection failures after retries raise ServiceUnreachableError; anything else after retries
 raises RegistryOperationError. A 404 on delete counts as done (the SDK ignores it). A listing
-that breaks off returns `complete=False` with the reason, never a partial listing as complete.
+that breaks off (connection failures included) returns `complete=False` with the reason, never a
+partial listing as complete.
 """
 
 from __future__ import annotations
@@ -653,7 +654,9 @@ class AcrRegistry:
             manifests = await self._fill_in(client, name, manifests)
         except AzureError as exc:
             error = translate(exc, f"listing {name}")
-            if isinstance(error, (AuthenticationError, ServiceUnreachableError)):
+            # The catalog was read, so the registry is reachable: connections that keep
+            # failing on one repository make that listing incomplete, not the run stop.
+            if isinstance(error, AuthenticationError):
                 raise error from None
             log.warning("listing %s broke off: %s", name, error)
             return RepositoryListing(name, (), (), complete=False, error=str(error))
