@@ -124,7 +124,7 @@ class BearerAuth:
             async with self._lock:
                 if not self._fresh():
                     await self._fetch()
-        assert self._token is not None  # noqa: S101 - _fetch sets it or raises
+        assert self._token is not None  # noqa: S101 - _fetch sets it or raises  # nosec B101
         return f"Bearer {self._token}"
 
     async def _fetch(self) -> None:
@@ -226,6 +226,10 @@ class AzureDevOpsPullRequests:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if not org_url.lower().startswith("https://"):
+            raise ValueError(
+                "Azure DevOps is reached over https only: every request has a credential"
+            )
         self._org_url = org_url.rstrip("/")
         self._project = project.strip() if project and project.strip() else None
         self._auth = auth
