@@ -629,7 +629,7 @@ class AcrRegistry:
     async def _sdk(self) -> ContainerRegistryClient:
         if self._client is None:
             await self.open()
-        assert self._client is not None  # noqa: S101 - open() just set it
+        assert self._client is not None  # noqa: S101 - open() just set it  # nosec B101
         return self._client
 
     # --- Registry --------------------------------------------------------------------------

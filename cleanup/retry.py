@@ -73,7 +73,7 @@ class Retrier:
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
         self._clock = clock
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security  # nosec B311
 
     def budget(self) -> RetryBudget:
         return RetryBudget(self.policy, self._sleep, self._clock, self._rng)

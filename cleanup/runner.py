@@ -288,7 +288,7 @@ async def execute(
 async def _delete(registry: Registry, step: Step) -> StepResult:
     try:
         if step.kind is StepKind.DELETE_TAG:
-            assert step.tag is not None  # noqa: S101 - a tag step always names its tag
+            assert step.tag is not None  # noqa: S101 - a tag step names its tag  # nosec B101
             await registry.delete_tag(step.repository, step.tag)
         else:
             await registry.delete_manifest(step.repository, step.digest)

@@ -40,7 +40,7 @@ from cleanup.errors import ConfigurationError
 
 DEFAULT_TAG_PATTERN: Final = r"(?i)^pr-?(?P<pr>\d+)$"
 
-SETTING_DEFAULTS: Final[Mapping[str, str | None]] = {
+SETTING_DEFAULTS: Final[Mapping[str, str | None]] = {  # names, not passwords  # nosec B105
     "CLEANUP_REGISTRY": None,
     "CLEANUP_REPOSITORIES": "*",
     "CLEANUP_TAG_PATTERN": DEFAULT_TAG_PATTERN,
