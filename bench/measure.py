@@ -2,7 +2,10 @@
 
 The emulators run in the harness process (their threads), the measured program in a child
 process of its own, so the child's CPU and memory are its own: `os.wait4` returns the rusage
-of exactly that child (user + sys CPU, `ru_maxrss` = peak RSS of the whole process). The
+of exactly that child (user + sys CPU, `ru_maxrss` = peak RSS of the whole process). Children
+are started by a small spawner process (`bench/spawner.py`), not by the harness: a child's
+`ru_maxrss` also counts the process it was forked from, which here holds the seeded registry.
+The
 emulators' own CPU (the harness process's delta while the child runs) is reported beside it, to
 show when the emulators rather than the product set the pace.
 
@@ -26,7 +29,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -67,31 +69,66 @@ class Child:
         return self.user_s + self.sys_s
 
 
+class Spawner:
+    """The small process (`bench/spawner.py`) that starts every measured child.
+
+    A child's `ru_maxrss` includes the memory of the process it was forked from, until it
+    execs; this process holds the seeded emulators, so children are started from the spawner.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+
+    def _started(self) -> subprocess.Popen[str]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "spawner.py")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+        return self._proc
+
+    def run(self, argv: list[str], env: dict[str, str], timeout_s: float) -> dict[str, Any]:
+        with self._lock:
+            proc = self._started()
+            if proc.stdin is None or proc.stdout is None:
+                raise RuntimeError("the spawner has no pipes")
+            request = {"argv": argv, "env": env, "cwd": str(ROOT), "timeout": timeout_s}
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+        if not answer:
+            raise RuntimeError("the spawner exited without answering")
+        result: dict[str, Any] = json.loads(answer)
+        return result
+
+    def close(self) -> None:
+        if self._proc is not None:
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+            self._proc = None
+
+
+SPAWNER = Spawner()
+
+
 def run_child(argv: list[str], env: dict[str, str], timeout_s: float = CHILD_TIMEOUT_S) -> Child:
-    """Run `argv` to completion; wall time, and the rusage of exactly this child."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=err)
-        watchdog = threading.Timer(timeout_s, proc.kill)
-        watchdog.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            watchdog.cancel()
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Child(
-            argv=argv,
-            returncode=proc.returncode,
-            wall_s=wall,
-            user_s=usage.ru_utime,
-            sys_s=usage.ru_stime,
-            max_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
-            stdout=out.read().decode(errors="replace"),
-            stderr=err.read().decode(errors="replace"),
-        )
+    """Run `argv` to completion (through the spawner); wall time and this child's rusage."""
+    result = SPAWNER.run(argv, env, timeout_s)
+    return Child(
+        argv=argv,
+        returncode=int(result["returncode"]),
+        wall_s=float(result["wall_s"]),
+        user_s=float(result["user_s"]),
+        sys_s=float(result["sys_s"]),
+        max_rss_mb=float(result["max_rss_kb"]) / 1024,  # KiB on Linux
+        stdout=str(result["stdout"]),
+        stderr=str(result["stderr"]),
+    )
 
 
 def _self_cpu() -> float:
@@ -158,6 +195,8 @@ class Measurement:
     deleted_tags: set[tuple[str, str]] = field(default_factory=set)
     deleted_manifests: set[tuple[str, str]] = field(default_factory=set)
     started_at: float = 0.0
+    load_before: float = 0.0
+    """The machine's 1-minute load average as the child started (others share the machine)."""
 
     # --- counts from the request log -----------------------------------------------------
 
@@ -226,6 +265,7 @@ class Measurement:
             "sys_s": round(child.sys_s, 3),
             "peak_rss_mb": round(child.max_rss_mb, 1),
             "emulator_cpu_s": round(self.emulator_cpu_s, 3),
+            "load_before": round(self.load_before, 2),
             "requests": {
                 "acr": self.requests("acr"),
                 "devops": self.requests("devops"),
@@ -268,6 +308,7 @@ def measure(
             writes, window = workload.write_budget
             emu.acr.knobs.write_budget = Budget(writes, window)  # its first window starts now
         emu.log.clear()
+        load = os.getloadavg()[0]
         cpu_before = _self_cpu()
         started = time.time()
         child = run_child(argv, env)
@@ -288,4 +329,5 @@ def measure(
         deleted_tags=tags_before - tags_after,
         deleted_manifests=manifests_before - manifests_after,
         started_at=started,
+        load_before=load,
     )
