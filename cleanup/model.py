@@ -86,7 +86,7 @@ class Registry(Protocol):
         ...
 
     async def list_repository(self, name: str) -> RepositoryListing:
-        """Tags and manifests of one repository; referrers' subjects and index children filled in."""
+        """Tags and manifests of one repository, with referrers' subjects and index children."""
         ...
 
     async def delete_tag(self, repository: str, tag: str) -> None:
