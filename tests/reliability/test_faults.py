@@ -201,23 +201,23 @@ async def test_a_pull_request_that_fails_forever_keeps_its_tags_and_the_rest_is_
 
 
 async def test_an_access_token_expiring_mid_run_is_renewed(emulate: Emulate):
-    """ACR access tokens that live 2 s over a run of more than 2 s are renewed; exit 0."""
+    """ACR access tokens that live 3 s over a run of more than 3 s are renewed; exit 0."""
     expected = await fault_free(emulate, small_registry())
-    knobs = AcrKnobs(access_token_lifetime_s=2.0, latency_ms=150)
+    knobs = AcrKnobs(access_token_lifetime_s=3.0, latency_ms=200)
     emulators = emulate(small_registry(), acr_knobs=knobs)
     settings = settings_for(emulators, CLEANUP_CONCURRENCY="1")
     report = await run(settings, tuning=FAST)
     assert report.exit_code == 0, report.render_text()
     assert snapshot(emulators) == expected
-    # more than 16 requests at >= 150 ms each, one at a time: longer than a token lives
+    # more than 16 requests at >= 200 ms each, one at a time: longer than a token lives
     assert emulators.log.count(service="acr") > 16
     assert emulators.log.count(service="acr", route="acr.oauth2.token") >= 2
 
 
 async def test_a_refresh_token_expiring_mid_run_is_renewed(emulate: Emulate):
-    """ACR refresh tokens that live 2 s over a longer run are exchanged again; exit 0."""
+    """ACR refresh tokens that live 3 s over a longer run are exchanged again; exit 0."""
     expected = await fault_free(emulate, small_registry())
-    knobs = AcrKnobs(access_token_lifetime_s=1.5, refresh_token_lifetime_s=2.0, latency_ms=150)
+    knobs = AcrKnobs(access_token_lifetime_s=2.5, refresh_token_lifetime_s=3.0, latency_ms=200)
     emulators = emulate(small_registry(), acr_knobs=knobs)
     report = await run(settings_for(emulators, CLEANUP_CONCURRENCY="1"), tuning=FAST)
     assert report.exit_code == 0, report.render_text()
