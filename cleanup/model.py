@@ -89,6 +89,14 @@ class Registry(Protocol):
         """Tags and manifests of one repository, with referrers' subjects and index children."""
         ...
 
+    async def list_manifests(self, repository: str) -> tuple[Manifest, ...]:
+        """The repository's manifests as they are now (tags, index children, locks).
+
+        Read just before deleting manifests, to catch what changed since the plan. Subjects
+        are not filled in. Raises like list_repository, or RegistryOperationError.
+        """
+        ...
+
     async def delete_tag(self, repository: str, tag: str) -> None:
         """Delete one tag; a tag already gone counts as deleted."""
         ...

@@ -511,10 +511,12 @@ def translate(exc: BaseException, what: str) -> CleanupError:
     code = _error_code(exc)
     detail = f"{what}: {type(exc).__name__}" + (f" {status}" if status else "")
     detail += f" ({code})" if code else ""
-    if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-        return AuthenticationError(SERVICE_NAME, detail)
+    # A lock first: the status ACR gives a locked item is unverified, and a 403 that says
+    # "disallowed" is a lock to keep, not a refused credential that stops the run.
     if is_locked(exc):
         return LockedError(f"{what} is locked (deleteEnabled is false)")
+    if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+        return AuthenticationError(SERVICE_NAME, detail)
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)) and status is None:
         return ServiceUnreachableError(SERVICE_NAME, detail)
     return RegistryOperationError(detail)
@@ -726,6 +728,13 @@ class AcrRegistry:
             return None  # deleted since it was listed
         manifest = result.manifest
         return dict(manifest) if isinstance(manifest, dict) else {}
+
+    async def list_manifests(self, repository: str) -> tuple[Manifest, ...]:
+        client = await self._sdk()
+        try:
+            return tuple(await self._manifests(client, repository))
+        except AzureError as exc:
+            raise translate(exc, f"listing the manifests of {repository}") from None
 
     async def delete_tag(self, repository: str, tag: str) -> None:
         client = await self._sdk()

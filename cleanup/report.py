@@ -1,11 +1,7 @@
 """The run's report: the contract's JSON, and a plain-text rendering a newcomer can read.
 
-The runner builds it from the Plan and what happened to each step:
-
-    builder = ReportBuilder(plan, run_id=..., registry=..., dry_run=..., started_at=...)
-    builder.record(step, Outcome.DONE)            # or FAILED with a message, SKIPPED
-    builder.stop("the plan would delete ...")     # when the run stops before deleting
-    report = builder.finish(finished_at)
+`build_report(plan, results, ...)` makes it from the Plan and what happened to each step
+(a StepResult per executed step; a step without one was not executed).
 
 Choices the contract leaves open:
 
@@ -14,6 +10,9 @@ Choices the contract leaves open:
 - A deletion the registry refused as locked (Outcome.LOCKED), and a step skipped only because
   what it waits for is locked, is `keep` and counts in `locked`: not a failure, as the
   contract says of locks.
+- A manifest that came to be needed between the plan and its deletion (cleanup.revalidation)
+  keeps its manifest: its pull-request tags alone are deleted (`TAGS_ONLY`, `delete`), or it
+  is kept (`KEPT`, `keep`); neither is a failure.
 - A deletion not executed because the run stopped is `keep`, its reason saying so; in a dry run
   it is `delete` (the plan), rendered "would delete".
 - `summary` adds `locked` (kept because locked), `outcome` (`succeeded`, `partial`, `stopped`)
@@ -48,6 +47,10 @@ class Outcome(enum.Enum):
     """Not attempted: a dry run, or the run stopped."""
     LOCKED = "locked"
     """The registry refused: the item was locked after it was listed. Kept, not a failure."""
+    TAGS_ONLY = "tagsOnly"
+    """The manifest came to be needed after the plan: only its pull-request tags were deleted."""
+    KEPT = "kept"
+    """Not attempted: the manifest came to be needed after the plan. Kept, not a failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,60 +303,24 @@ def _final(
     """(action, reason) of one pull-request tag once its step ran, failed or never ran."""
     if decision.action is Action.KEEP:
         return "keep", decision.reason
-    if result is not None and result.outcome is Outcome.DONE:
-        return "delete", decision.reason
-    if result is not None and result.outcome in (Outcome.FAILED, Outcome.SKIPPED):
-        return "failed", f"{decision.reason}; {_failure(result)}"
+    if result is not None and result.outcome is not Outcome.NOT_EXECUTED:
+        return _executed(decision.reason, result)
     if dry_run:
         return "delete", decision.reason
     why = "the run stopped" if stopped is not None else "not executed"
     return "keep", f"{decision.reason}; not deleted: {why}"
 
 
-class ReportBuilder:
-    """Collects step results as the runner executes the plan, then builds the Report."""
-
-    def __init__(
-        self,
-        plan: Plan | None,
-        *,
-        run_id: str,
-        registry: str,
-        dry_run: bool,
-        started_at: datetime,
-    ) -> None:
-        self.plan = plan
-        self.run_id = run_id
-        self.registry = registry
-        self.dry_run = dry_run
-        self.started_at = started_at
-        self.results: dict[tuple[str, StepKind, str, str | None], StepResult] = {}
-        self.errors: list[ReportError] = []
-        self.stopped: str | None = None
-
-    def record(self, step: Step, outcome: Outcome, message: str | None = None) -> None:
-        self.results[_step_key(step)] = StepResult(step, outcome, message)
-
-    def add_error(self, scope: str, message: str) -> None:
-        self.errors.append(ReportError(scope, message))
-
-    def stop(self, reason: str) -> None:
-        """The run stops before deleting (cap exceeded, credential refused, ...)."""
-        if self.stopped is None:
-            self.stopped = reason
-
-    def finish(self, finished_at: datetime, *, plan: Plan | None = None) -> Report:
-        return build_report(
-            plan if plan is not None else self.plan,
-            self.results.values(),
-            run_id=self.run_id,
-            registry=self.registry,
-            dry_run=self.dry_run,
-            started_at=self.started_at,
-            finished_at=finished_at,
-            stopped=self.stopped,
-            errors=self.errors,
-        )
+def _executed(reason: str, result: StepResult) -> tuple[str, str]:
+    if result.outcome is Outcome.DONE:
+        return "delete", reason
+    if result.outcome is Outcome.TAGS_ONLY:
+        return "delete", f"{reason}; the tag alone was deleted: {result.message}"
+    if result.outcome is Outcome.KEPT:
+        return "keep", f"{reason}; not deleted: {result.message}"
+    if result.outcome is Outcome.LOCKED:
+        return "keep", f"{reason}; not deleted: the registry says it is locked"
+    return "failed", f"{reason}; {_failure(result)}"
 
 
 # --- text -------------------------------------------------------------------------------------
@@ -418,22 +385,13 @@ def _render_text(report: Report) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def results_for(
-    steps: Iterable[Step], outcome: Outcome, message: str | None = None
-) -> list[StepResult]:
-    """The same outcome for many steps (a dry run: all NOT_EXECUTED)."""
-    return [StepResult(step, outcome, message) for step in steps]
-
-
 __all__ = [
     "SCHEMA_VERSION",
     "Outcome",
     "Report",
     "ReportAction",
-    "ReportBuilder",
     "ReportError",
     "StepResult",
     "Summary",
     "build_report",
-    "results_for",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
@@ -21,8 +21,9 @@ from opentelemetry import trace
 from cleanup import policy
 from cleanup.errors import LockedError, RegistryOperationError, SafetyCapError, StopRunError
 from cleanup.model import PullRequest, PullRequests, PullRequestStatus, Registry, RepositoryListing
-from cleanup.policy import Plan, Step, StepKind
+from cleanup.policy import Plan, RepositoryPlan, Step, StepKind
 from cleanup.report import Outcome, StepResult
+from cleanup.revalidation import Adjustment, revalidate
 from cleanup.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,14 @@ class _Run:
         if self.settings.dry_run:
             return
         self.state.phase = "deleting"
+        self.notify()
         with tracer.start_as_current_span("cleanup.delete"):
             self.result.results = await execute(
-                plan.steps, self.registry, self.settings.concurrency, self.state, self.notify
+                plan.repositories,
+                self.registry,
+                self.settings.concurrency,
+                self.state,
+                self.notify,
             )
         self.result.executed = True
 
@@ -240,49 +246,118 @@ class _Lookups:
 
 
 async def execute(
-    steps: Iterable[Step],
+    repositories: Iterable[RepositoryPlan],
     registry: Registry,
     concurrency: int,
     state: Progress | None = None,
     notify: Callable[[], None] | None = None,
 ) -> dict[Step, StepResult]:
-    """Run every step; a step whose `after` did not all succeed is skipped, never attempted."""
-    graph = _StepGraph(list(steps))
+    """Run every repository's steps, each repository re-checked just before its deletions."""
+    plans = [r for r in repositories if r.steps]
     if state is not None:
-        state.steps_total = len(graph.steps)
-    outcomes: dict[Step, StepResult] = {}
-    ready: asyncio.Queue[Step | None] = asyncio.Queue()
-    remaining = len(graph.steps)
+        state.steps_total = sum(len(r.steps) for r in plans)
+    results: dict[Step, StepResult] = {}
 
-    def settle(result: StepResult) -> None:
-        nonlocal remaining
-        outcomes[result.step] = result
-        remaining -= 1
-        if state is not None:
-            state.steps_done += 1
-        for dependant in graph.settled(result.step, result.outcome is Outcome.DONE):
-            ready.put_nowait(dependant)
-        for skipped in graph.take_blocked():
-            settle(StepResult(skipped, Outcome.SKIPPED, graph.blocker(skipped)))
-        if remaining == 0:
-            ready.put_nowait(None)
+    async def one(repository: RepositoryPlan) -> None:
+        changes = await _recheck(registry, repository)
+        executor = _Executor(registry, concurrency, changes, state, notify)
+        results.update(await executor.run(repository.steps))
 
-    async def steps_ready() -> AsyncIterator[Step]:
-        while (step := await ready.get()) is not None:
+    await for_each(plans, one, concurrency)
+    return results
+
+
+async def _recheck(registry: Registry, repository: RepositoryPlan) -> dict[Step, StepResult]:
+    """What the fresh listing changes; every manifest step kept when it cannot be read."""
+    if not any(s.kind is StepKind.DELETE_MANIFEST for s in repository.steps):
+        return {}
+    try:
+        fresh = await registry.list_manifests(repository.repository)
+    except (RegistryOperationError, StopRunError) as exc:
+        log.warning("re-reading %s before deleting failed: %s", repository.repository, exc)
+        message = f"could not re-read the repository just before deleting: {exc}"
+        return {
+            s: StepResult(s, Outcome.SKIPPED, message)
+            for s in repository.steps
+            if s.kind is StepKind.DELETE_MANIFEST
+        }
+    outcome = {
+        Adjustment.TAGS_ONLY: Outcome.TAGS_ONLY,
+        Adjustment.KEPT: Outcome.KEPT,
+        Adjustment.LOCKED: Outcome.LOCKED,
+    }
+    return {
+        step: StepResult(step, outcome[change.adjustment], change.reason)
+        for step, change in revalidate(repository.steps, fresh).items()
+    }
+
+
+class _Executor:
+    """One repository's steps: parents before the steps that wait for them.
+
+    `changes` are results decided before any request: TAGS_ONLY steps delete their tags
+    instead of the manifest; the others (KEPT, LOCKED, SKIPPED) are settled without a request.
+    A step waiting for a manifest that was not deleted is skipped, unless the change already
+    keeps it.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        concurrency: int,
+        changes: dict[Step, StepResult],
+        state: Progress | None,
+        notify: Callable[[], None] | None,
+    ) -> None:
+        self._registry = registry
+        self._concurrency = concurrency
+        self._changes = changes
+        self._state = state
+        self._notify = notify
+        self._outcomes: dict[Step, StepResult] = {}
+        self._ready: asyncio.Queue[Step | None] = asyncio.Queue()
+        self._remaining = 0
+        self._graph = _StepGraph([])
+
+    async def run(self, steps: Sequence[Step]) -> dict[Step, StepResult]:
+        self._graph = _StepGraph(list(steps))
+        self._remaining = len(steps)
+        for step in self._graph.initial():
+            self._ready.put_nowait(step)
+        for orphan in self._graph.take_blocked():
+            self._settle(StepResult(orphan, Outcome.SKIPPED, self._graph.blocker(orphan)))
+        if self._remaining:
+            await for_each(self._steps_ready(), self._run_one, self._concurrency)
+        return self._outcomes
+
+    def _settle(self, result: StepResult) -> None:
+        self._outcomes[result.step] = result
+        self._remaining -= 1
+        if self._state is not None:
+            self._state.steps_done += 1
+        done = result.outcome is Outcome.DONE
+        for dependant in self._graph.settled(result.step, done, exempt=self._changes):
+            self._ready.put_nowait(dependant)
+        for skipped in self._graph.take_blocked():
+            self._settle(StepResult(skipped, Outcome.SKIPPED, self._graph.blocker(skipped)))
+        if self._remaining == 0:
+            self._ready.put_nowait(None)
+
+    async def _steps_ready(self) -> AsyncIterator[Step]:
+        while (step := await self._ready.get()) is not None:
             yield step
 
-    async def run_one(step: Step) -> None:
-        settle(await _delete(registry, step))
-        if notify is not None:
-            notify()
-
-    for step in graph.initial():
-        ready.put_nowait(step)
-    for orphan in graph.take_blocked():
-        settle(StepResult(orphan, Outcome.SKIPPED, graph.blocker(orphan)))
-    if remaining:
-        await for_each(steps_ready(), run_one, concurrency)
-    return outcomes
+    async def _run_one(self, step: Step) -> None:
+        change = self._changes.get(step)
+        if change is None:
+            result = await _delete(self._registry, step)
+        elif change.outcome is Outcome.TAGS_ONLY:
+            result = await _delete_tags_only(self._registry, change)
+        else:
+            result = change
+        self._settle(result)
+        if self._notify is not None:
+            self._notify()
 
 
 async def _delete(registry: Registry, step: Step) -> StepResult:
@@ -299,6 +374,17 @@ async def _delete(registry: Registry, step: Step) -> StepResult:
         log.warning("deleting %s failed: %s", step.target, exc)
         return StepResult(step, Outcome.FAILED, str(exc))
     return StepResult(step, Outcome.DONE)
+
+
+async def _delete_tags_only(registry: Registry, change: StepResult) -> StepResult:
+    """The manifest stays: remove just the step's pull-request tags from it, one by one."""
+    step = change.step
+    for tag in step.tags:
+        tag_step = Step(StepKind.DELETE_TAG, step.repository, step.digest, tag=tag, tags=(tag,))
+        result = await _delete(registry, tag_step)
+        if result.outcome is not Outcome.DONE:
+            return StepResult(step, result.outcome, result.message)
+    return change
 
 
 class _StepGraph:
@@ -329,15 +415,20 @@ class _StepGraph:
     # A step blocked at the start (it waits for an unplanned digest) is never initial and
     # never becomes ready: take_blocked hands it over exactly once.
 
-    def settled(self, step: Step, succeeded: bool) -> list[Step]:
-        """The steps that became ready; steps that can no longer run go to the blocked list."""
+    def settled(
+        self, step: Step, succeeded: bool, exempt: Mapping[Step, object] | None = None
+    ) -> list[Step]:
+        """The steps that became ready; steps that can no longer run go to the blocked list.
+
+        A dependant in `exempt` (its result is decided already) becomes ready either way.
+        """
         if step.kind is not StepKind.DELETE_MANIFEST:
             return []
         ready = []
         for dependant in self._dependants.pop((step.repository, step.digest), []):
             if dependant in self._blockers:
                 continue
-            if not succeeded:
+            if not succeeded and (exempt is None or dependant not in exempt):
                 self._blockers[dependant] = f"deleting {step.target} did not succeed"
                 self._blocked.append(dependant)
                 continue

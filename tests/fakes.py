@@ -31,6 +31,10 @@ class FakeRegistry:
         self.calls.append(f"list {name}")
         return self.listings[name]
 
+    async def list_manifests(self, repository: str) -> tuple[Manifest, ...]:
+        self.calls.append(f"manifests {repository}")
+        return self.listings[repository].manifests
+
     async def delete_tag(self, repository: str, tag: str) -> None:
         target = f"{repository}:{tag}"
         self._check(target, locked=self._tag_locked(repository, tag))

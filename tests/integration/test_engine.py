@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import pytest
 
 from cleanup.engine import run
+from cleanup.runner import Progress
 from cleanup.settings import load_settings
 from emulators import Emulators
 from emulators.acr import AcrKnobs, Budget
@@ -189,3 +190,23 @@ async def test_throttled_registry_and_devops_are_waited_out(identity_environment
     assert emulators.log.count(service="acr", status=429) > 0
     assert emulators.log.count(service="devops", status=429) == 3
     assert not emulators.acr.state.has_tag("team/api", "PR1234")
+
+
+async def test_release_tag_put_on_a_pr_image_during_the_run_survives(demo: Emulators):
+    """An image tagged for release between the plan and the deletions keeps its new tag."""
+    state = demo.acr.state
+    digest = state.resolve("team/web", "pr-1260")
+    tagged: list[str] = []
+
+    def promote(progress: Progress) -> None:
+        if progress.phase == "deleting" and not tagged:
+            demo.acr.call(lambda: state.tag("team/web", "v2.1.0", digest))
+            tagged.append("v2.1.0")
+
+    report = await run(settings_for(demo), progress=promote)
+    assert tagged
+    assert state.has_tag("team/web", "v2.1.0")
+    assert state.has_manifest("team/web", digest)
+    assert not state.has_tag("team/web", "pr-1260")
+    assert actions(report.to_dict())[("team/web", "pr-1260")] == "delete"
+    assert report.exit_code == 0

@@ -6,10 +6,14 @@ import json
 from datetime import timedelta
 
 from cleanup.policy import StepKind
-from cleanup.report import Outcome, ReportBuilder, ReportError, build_report, results_for
+from cleanup.report import Outcome, ReportError, StepResult, build_report
 from tests.builders import NOW, d1, d2, d3, index, listing, manifest, plan_of, pr, states
 
 FINISHED = NOW + timedelta(seconds=41)
+
+
+def results_for(steps, outcome, message=None):
+    return [StepResult(step, outcome, message) for step in steps]
 
 
 def sample_plan():
@@ -173,20 +177,6 @@ def test_a_run_without_a_plan_still_reports():
     report = report_of(None, stopped="Azure DevOps refused the credential: HTTP 401")
     assert (report.summary.repositories, report.exit_code) == (0, 3)
     assert "STOPPED" in report.render_text()
-
-
-def test_the_builder_records_results():
-    """ReportBuilder collects results, errors and a stop into the same Report."""
-    p = sample_plan()
-    builder = ReportBuilder(p, run_id="r", registry="x", dry_run=False, started_at=NOW)
-    for step in p.steps:
-        builder.record(step, Outcome.DONE)
-    builder.add_error("run", "telemetry unavailable")
-    report = builder.finish(FINISHED)
-    assert (report.summary.deleted, report.errors) == (
-        2,
-        (ReportError("run", "telemetry unavailable"),),
-    )
 
 
 def test_text_of_a_dry_run_says_would_delete():

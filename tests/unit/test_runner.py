@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Callable
 
 import pytest
 
-from cleanup.policy import Step, StepKind
+from cleanup.errors import RegistryOperationError
+from cleanup.model import RepositoryListing
+from cleanup.policy import RepositoryPlan, Step, StepKind
 from cleanup.report import Outcome
 from cleanup.runner import execute, for_each, run_cleanup
 from cleanup.settings import load_settings
@@ -118,7 +122,7 @@ async def test_step_waiting_for_an_unplanned_manifest_is_skipped():
     """A step whose parent is not in the plan is never attempted."""
     registry = FakeRegistry.of(listing("web/api", manifest(d4)))
     orphan = Step(StepKind.DELETE_MANIFEST, "web/api", d4, after=(d1,))
-    outcomes = await execute([orphan], registry, concurrency=4)
+    outcomes = await execute([RepositoryPlan("web/api", 1, (), (orphan,))], registry, concurrency=4)
     assert outcomes[orphan].outcome is Outcome.SKIPPED
     assert registry.digests("web/api") == {d4}
 
@@ -141,3 +145,75 @@ async def test_for_each_visits_every_item_once_within_the_limit(limit):
     await for_each(range(20), work, limit)
     assert sorted(seen) == list(range(20))
     assert peak <= limit
+
+
+class ChangingRegistry(FakeRegistry):
+    """A registry someone changes between the plan and the deletions."""
+
+    change: Callable[[FakeRegistry], None] | None = None
+
+    async def list_manifests(self, repository: str):
+        if self.change is not None:
+            self.change(self)
+            self.change = None
+        return await super().list_manifests(repository)
+
+
+def retag(repository: str, digest: str, tag: str) -> Callable[[FakeRegistry], None]:
+    def change(registry: FakeRegistry) -> None:
+        listing = registry.listings[repository]
+        manifests = tuple(
+            dataclasses.replace(m, tags=(*m.tags, tag)) if m.digest == digest else m
+            for m in listing.manifests
+        )
+        registry.listings[repository] = RepositoryListing(repository, listing.tags, manifests)
+
+    return change
+
+
+async def test_a_manifest_tagged_after_the_plan_keeps_its_new_tag():
+    """A release tag put on a pull request's image during the run survives; the PR tag goes."""
+    registry = ChangingRegistry.of(listing("web/api", manifest(d1, "PR1")))
+    registry.change = retag("web/api", d1, "v1.0")
+    pulls = FakePullRequests.of([pr(1, "completed")])
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.tags("web/api") == {"v1.0"}
+    assert f"delete web/api@{d1}" not in registry.calls
+    [(_, outcome)] = result.results.items()
+    assert outcome.outcome is Outcome.TAGS_ONLY
+
+
+async def test_a_platform_manifest_used_by_a_new_index_stays():
+    """An index pushed during the run that uses a planned child keeps that child."""
+    registry = ChangingRegistry.of(
+        listing("web/api", index(d1, "PR1", children=(d2,)), manifest(d2))
+    )
+
+    def push_index(fake: FakeRegistry) -> None:
+        old = fake.listings["web/api"]
+        fake.listings["web/api"] = RepositoryListing(
+            "web/api", old.tags, (*old.manifests, index(d3, children=(d2,)))
+        )
+
+    registry.change = push_index
+    pulls = FakePullRequests.of([pr(1, "completed")])
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == {d2, d3}
+    statuses = {step.digest: r.outcome for step, r in result.results.items()}
+    assert statuses == {d1: Outcome.DONE, d2: Outcome.KEPT}
+
+
+class UnreadableRegistry(FakeRegistry):
+    async def list_manifests(self, repository: str):
+        raise RegistryOperationError("listing the manifests of web/api: HTTP 503")
+
+
+async def test_no_manifest_is_deleted_when_the_repository_cannot_be_re_read():
+    """If the re-read before deleting fails, manifests stay and the run reports a failure."""
+    registry = UnreadableRegistry.of(listing("web/api", manifest(d1, "PR1")))
+    pulls = FakePullRequests.of([pr(1, "completed")])
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == {d1}
+    assert not any(c.startswith("delete") for c in registry.calls)
+    [(_, outcome)] = result.results.items()
+    assert outcome.outcome is Outcome.SKIPPED

@@ -1,0 +1,97 @@
+"""Pure: re-check a repository's manifest deletions against a listing read just before them.
+
+A plan is made from listings that can be many minutes old by the time its deletions run (a
+large scan, a throttled registry). Meanwhile someone may have tagged a pull request's image
+for release (`v1.2.3` on the same digest), pushed an index that uses a platform manifest the
+plan deletes, or locked an image. Deleting a manifest removes every tag on it, so each
+manifest deletion is checked against a fresh listing of its repository first:
+
+- a manifest that now carries a tag the plan does not remove is kept; only the plan's
+  pull-request tags are removed from it (`TAGS_ONLY`);
+- a manifest that is now locked is kept with its tags (`LOCKED`);
+- a manifest that a manifest outside the deletion set now references (a new index) is kept,
+  its planned tags removed (`TAGS_ONLY`), or left alone when it has none (`KEPT`);
+- a step that waits for a kept manifest (a platform manifest of a kept index, a referrer of a
+  kept subject) is kept too (`KEPT`).
+
+A manifest the fresh listing no longer has is left to its step: deleting it again answers 404,
+which counts as done. Tag deletions are not re-checked: a tag is deleted by name, and it is a
+pull-request tag of a closed pull request whatever it points at now.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+from cleanup.model import Manifest
+from cleanup.policy import Step, StepKind
+
+
+class Adjustment(enum.Enum):
+    TAGS_ONLY = "tagsOnly"
+    """Keep the manifest; delete only the step's pull-request tags from it."""
+    KEPT = "kept"
+    """Do not run the step: something came to need the manifest since the plan."""
+    LOCKED = "locked"
+    """Do not run the step: the manifest is locked now."""
+
+
+class Change(NamedTuple):
+    adjustment: Adjustment
+    reason: str
+
+
+def revalidate(steps: Sequence[Step], fresh: Iterable[Manifest]) -> dict[Step, Change]:
+    """The changes a repository's steps (in plan order, parents first) need; empty: none."""
+    current = {m.digest: m for m in fresh}
+    deleting = {s.digest for s in steps if s.kind is StepKind.DELETE_MANIFEST}
+    users = _users(current, deleting)
+    changes: dict[Step, Change] = {}
+    kept: set[str] = set()
+    for step in steps:
+        if step.kind is not StepKind.DELETE_MANIFEST:
+            continue
+        change = _check(step, current.get(step.digest), users, kept)
+        if change is not None:
+            changes[step] = change
+            kept.add(step.digest)
+    return changes
+
+
+def _users(current: Mapping[str, Manifest], deleting: set[str]) -> dict[str, str]:
+    """digest -> a manifest outside the deletion set that references it now."""
+    users: dict[str, str] = {}
+    for manifest in current.values():
+        if manifest.digest in deleting:
+            continue
+        for child in manifest.references:
+            users.setdefault(child, manifest.digest)
+    return users
+
+
+def _check(
+    step: Step, now: Manifest | None, users: Mapping[str, str], kept: set[str]
+) -> Change | None:
+    waits_for = next((d for d in step.after if d in kept), None)
+    if waits_for is not None:
+        return Change(Adjustment.KEPT, f"{waits_for} is kept, so this manifest stays with it")
+    if now is None:
+        return None
+    if not now.delete_enabled:
+        return Change(Adjustment.LOCKED, "the manifest was locked after the plan was made")
+    planned = set(step.tags)
+    extra = sorted(set(now.tags) - planned)
+    if extra:
+        return _tags_only(step, f"the manifest was tagged {extra[0]} after the plan was made")
+    user = users.get(step.digest)
+    if user is not None:
+        return _tags_only(step, f"{user} uses the manifest since the plan was made")
+    return None
+
+
+def _tags_only(step: Step, reason: str) -> Change:
+    if step.tags:
+        return Change(Adjustment.TAGS_ONLY, reason)
+    return Change(Adjustment.KEPT, reason)
