@@ -50,7 +50,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -93,6 +93,12 @@ INDEX_MEDIA_TYPES = frozenset(
     {
         "application/vnd.oci.image.index.v1+json",
         "application/vnd.docker.distribution.manifest.list.v2+json",
+    }
+)
+IMAGE_CONFIG_MEDIA_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.config.v1+json",
+        "application/vnd.docker.container.image.v1+json",
     }
 )
 # ACR documents this message for locked images; the status is unverified (see NOTES), so a
@@ -651,9 +657,10 @@ class AcrRegistry:
     async def list_repository(self, name: str) -> RepositoryListing:
         client = await self._sdk()
         try:
-            tags = await self._tags(client, name)
-            manifests = await self._manifests(client, name)
-            manifests = await self._fill_in(client, name, manifests)
+            tags, raw = await _both(self._tags(client, name), self._raw_manifests(client, name))
+            manifests = [_manifest(name, item) for item in raw]
+            artifacts = frozenset(str(item["digest"]) for item in raw if _is_artifact(item))
+            manifests = await self._fill_in(client, name, manifests, artifacts)
         except AzureError as exc:
             error = translate(exc, f"listing {name}")
             # The catalog was read, so the registry is reachable: connections that keep
@@ -677,6 +684,11 @@ class AcrRegistry:
         ]
 
     async def _manifests(self, client: ContainerRegistryClient, name: str) -> list[Manifest]:
+        return [_manifest(name, item) for item in await self._raw_manifests(client, name)]
+
+    async def _raw_manifests(
+        self, client: ContainerRegistryClient, name: str
+    ) -> list[dict[str, Any]]:
         # The SDK's ArtifactManifestProperties drops `references` and `mediaType`: read the
         # raw pages as they pass (only the 200 of each page; retried attempts are skipped).
         raw: list[dict[str, Any]] = []
@@ -697,18 +709,28 @@ class AcrRegistry:
             raise DecodeError(
                 f"manifest pages of {name} could not be read ({listed} != {len(raw)})"
             )
-        return [_manifest(name, item) for item in raw]
+        return raw
 
     async def _fill_in(
-        self, client: ContainerRegistryClient, name: str, manifests: list[Manifest]
+        self,
+        client: ContainerRegistryClient,
+        name: str,
+        manifests: list[Manifest],
+        artifacts: frozenset[str] = frozenset(),
     ) -> list[Manifest]:
-        """Read the bodies the listing cannot replace: referrers' subjects, indexes' children."""
+        """Read the bodies the listing cannot replace: referrers' subjects, indexes' children.
+
+        Untagged manifests that no index uses may be referrers; so may tagged `artifacts`
+        (a config media type that is not an image's: signatures, SBOMs). Tagged images are
+        not read: an image is not attached to anything.
+        """
         children = {ref for m in manifests for ref in m.references}
         wanted = [
             m
             for m in manifests
             if (not m.tags and m.digest not in children)
             or (m.media_type in INDEX_MEDIA_TYPES and not m.references)
+            or m.digest in artifacts
         ]
         bodies = await asyncio.gather(*(self._body(client, name, m.digest) for m in wanted))
         filled = {m.digest: _with_body(m, body) for m, body in zip(wanted, bodies, strict=True)}
@@ -754,6 +776,25 @@ class AcrRegistry:
 def _https_proxy_configured() -> bool:
     """Whether HTTPS_PROXY (any case) is set: the one proxy aiohttp's trust_env would use here."""
     return bool(urllib.request.getproxies().get("https"))
+
+
+_T1 = TypeVar("_T1")
+_T2 = TypeVar("_T2")
+
+
+async def _both(first: Awaitable[_T1], second: Awaitable[_T2]) -> tuple[_T1, _T2]:
+    """Await two reads at once; the first failure is raised once both have ended."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (a, b):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return a, b  # type: ignore[return-value]
+
+
+def _is_artifact(item: dict[str, Any]) -> bool:
+    """A manifest whose config is not an image's: a signature, an SBOM, another artifact."""
+    config = item.get("configMediaType")
+    return bool(config) and config not in IMAGE_CONFIG_MEDIA_TYPES
 
 
 def _manifest(repository: str, item: dict[str, Any]) -> Manifest:

@@ -39,8 +39,9 @@ Emulator decisions where the notes leave the real behaviour open (each kept in o
   writes are DELETE/PATCH; token endpoints and challenged (401) requests cost nothing. Over
   budget: `429` with `Retry-After` (whole seconds until the window ends) and
   `{"errors":[{"code":"TOOMANYREQUESTS","message":"Too many requests"}]}`.
-- Deleting a manifest leaves its index children and its referrers (untagged) unless
-  `AcrKnobs.cascade_referrers` is set; a repository stays listed when it becomes empty.
+- Deleting a manifest deletes its referrers with it, tagged or not, as ACR does with OCI 1.1
+  referrers (`AcrKnobs.cascade_referrers`, on by default; off leaves them behind); its index
+  children stay. A repository stays listed when it becomes empty.
 - `n` must be a positive integer (else 400 `PAGINATION_NUMBER_INVALID`); there is no upper cap.
   With `orderby=timedesc|timeasc`, `last` names the last item of the previous page (the
   emulator remembers deleted items' times so paging survives deletions in between).
@@ -161,7 +162,8 @@ class AcrKnobs(Knobs):
     refresh_token_lifetime_s: float = DEFAULT_REFRESH_TOKEN_LIFETIME_S
     read_budget: Budget | None = None
     write_budget: Budget | None = None
-    cascade_referrers: bool = False
+    cascade_referrers: bool = True
+    """ACR deletes a manifest's referrers (signatures, SBOMs, tagged or not) with it."""
     token_generation: int = 0
     """Tokens issued before the last `revoke_tokens()` are refused (a forced expiry)."""
 

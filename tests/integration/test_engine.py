@@ -210,3 +210,27 @@ async def test_release_tag_put_on_a_pr_image_during_the_run_survives(demo: Emula
     assert not state.has_tag("team/web", "pr-1260")
     assert actions(report.to_dict())[("team/web", "pr-1260")] == "delete"
     assert report.exit_code == 0
+
+
+async def test_a_tagged_signature_keeps_the_image_it_is_attached_to(identity_environment):
+    """A referrer with a tag of its own keeps its subject manifest; the PR tag alone goes."""
+    scenario = Scenario(
+        images=(
+            ImageSeed("team/api", tags=("PR5",)),
+            ImageSeed(
+                "team/api",
+                tags=("sbom-v1",),
+                subject="PR5",
+                artifact_type="application/spdx+json",
+            ),
+        ),
+        pull_requests=(PullRequestSeed(5, "completed"),),
+    )
+    emulators = identity_environment(scenario)
+    state = emulators.acr.state
+    digest = state.resolve("team/api", "PR5")
+    report = await run(settings_for(emulators))
+    assert report.exit_code == 0
+    assert not state.has_tag("team/api", "PR5")
+    assert state.has_manifest("team/api", digest), "ACR would delete the tagged SBOM with it"
+    assert state.has_tag("team/api", "sbom-v1")
