@@ -440,8 +440,12 @@ def parse_pull_request(pr_id: int, body: Mapping[str, Any], project: str | None)
     """One GitPullRequest body -> PullRequest (pure)."""
     if body.get("pullRequestId") != pr_id:
         return _unknown(pr_id, f"the answer is for pull request {body.get('pullRequestId')!r}")
-    if project is not None and not _in_project(body, project):
-        return PullRequest(pr_id, PullRequestStatus.NOT_FOUND)
+    if project is not None:
+        owner = _project_of(body)
+        if owner is None:
+            return _unknown(pr_id, "the answer does not say which project the pull request is in")
+        if not _names(owner, project):
+            return PullRequest(pr_id, PullRequestStatus.NOT_FOUND)
     raw = body.get("status")
     status = _STATUSES.get(raw) if isinstance(raw, str) else None
     if status is None:
@@ -466,11 +470,19 @@ def parse_time(value: object) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def _in_project(body: Mapping[str, Any], project: str) -> bool:
+def _project_of(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """`repository.project` of a pull request, or None when the answer lacks it."""
     repository = body.get("repository")
     owner = repository.get("project") if isinstance(repository, dict) else None
-    if not isinstance(owner, dict):
-        return False
+    if not isinstance(owner, dict) or not any(
+        isinstance(owner.get(k), str) for k in ("id", "name")
+    ):
+        return None
+    return owner
+
+
+def _names(owner: Mapping[str, Any], project: str) -> bool:
+    """True when the project `owner` is `project`, by id or name (case-insensitive)."""
     wanted = project.casefold()
     return any(
         isinstance(owner.get(key), str) and owner[key].casefold() == wanted

@@ -195,6 +195,16 @@ def test_project_match(project, expected):
     assert parse_pull_request(1, pr_json(1), project).status is expected
 
 
+@pytest.mark.parametrize("repository", [None, {}, {"project": None}, {"project": {"url": "x"}}])
+def test_an_answer_without_its_project_is_unknown_not_not_found(repository):
+    """A body that does not say its project is UNKNOWN (kept), never NOT_FOUND."""
+    body = pr_json(1, "completed")
+    body["repository"] = repository
+    pr = parse_pull_request(1, body, "Fabrikam")
+    assert pr.status is PullRequestStatus.UNKNOWN
+    assert "project" in (pr.error or "")
+
+
 async def test_tf401180_is_not_found():
     """404 TF401180 is NOT_FOUND."""
     rec = Recorder(lambda _r: not_found())
