@@ -453,13 +453,17 @@ def _parse_storage_name(value: str) -> str:
     return value
 
 
-_CRON_FIELDS = (
-    ("second", 0, 59),
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day", 1, 31),
-    ("month", 1, 12),
-    ("day of week", 0, 7),
+_MONTHS = frozenset(
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+)
+_WEEKDAYS = frozenset(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])
+_CRON_FIELDS: tuple[tuple[str, int, int, frozenset[str]], ...] = (
+    ("second", 0, 59, frozenset()),
+    ("minute", 0, 59, frozenset()),
+    ("hour", 0, 23, frozenset()),
+    ("day", 1, 31, frozenset()),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 7, _WEEKDAYS),
 )
 _CRON_ITEM = re.compile(
     r"(?:\*|(?P<a>[0-9]{1,2}|[A-Za-z]{3})(?:-(?P<b>[0-9]{1,2}|[A-Za-z]{3}))?)(?:/(?P<step>[0-9]{1,2}))?"
@@ -471,12 +475,14 @@ def _parse_schedule(value: str) -> str:
     allowed = "six NCRONTAB fields: second minute hour day month day-of-week (0 0 2 * * *)"
     if len(fields) != len(_CRON_FIELDS):
         raise ValueError(f"{len(fields)} fields; {allowed}")
-    for text, (name, low, high) in zip(fields, _CRON_FIELDS, strict=True):
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
         for item in text.split(","):
             match = _CRON_ITEM.fullmatch(item)
             if match is None:
                 raise ValueError(f"the {name} field {text!r} is not valid; {allowed}")
             for number in (match["a"], match["b"]):
+                if number is not None and number.isalpha() and number.lower() not in names:
+                    raise ValueError(f"the {name} field has no name {number!r}; {allowed}")
                 if number is not None and number.isdigit() and not low <= int(number) <= high:
                     raise ValueError(f"the {name} field must be from {low} to {high}")
             if match["step"] is not None and int(match["step"]) == 0:

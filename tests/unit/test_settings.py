@@ -360,6 +360,9 @@ def test_schedule_accepted(value):
     ("value", "says"),
     [
         ("0 2 * * *", "5 fields"),
+        ("0 0 2 * * xyz", "no name 'xyz'"),
+        ("0 0 2 * FOO *", "no name 'FOO'"),
+        ("0 0 MON * * *", "no name 'MON'"),
         ("0 0 2 * * * *", "7 fields"),
         ("0 0 24 * * *", "hour field"),
         ("60 0 2 * * *", "second field"),
