@@ -2,7 +2,8 @@
 
 The report goes to stdout; progress, log lines and errors go to stderr. Exit status: 0 all done,
 1 some lookups or deletions failed, 2 a setting or argument is invalid (nothing contacted),
-3 stopped before deleting anything.
+3 stopped before deleting anything, 4 the run ended unexpectedly (a bug: it may have deleted
+some images before it ended).
 """
 
 from __future__ import annotations
@@ -12,12 +13,19 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from cleanup import __version__
 from cleanup.errors import ConfigurationError
 from cleanup.progress import TerminalProgress
 from cleanup.settings import load_settings
+
+if TYPE_CHECKING:
+    from cleanup.report import Report
+
+EXIT_CRASHED = 4
+"""The run ended unexpectedly (not one of the contract's outcomes 0-3)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,7 +61,11 @@ def configure_logging(*, verbose: bool) -> None:
     logging.getLogger("cleanup").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+Engine = Callable[..., Coroutine[Any, Any, "Report"]]
+
+
+def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> int:
+    """The command line; `engine` (cleanup.engine.run by default) is for tests."""
     args = parse_args(argv)
     configure_logging(verbose=args.verbose)
     try:
@@ -62,15 +74,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - the command line's own error channel
         return exc.exit_code
 
-    from cleanup.engine import run
+    if engine is None:
+        from cleanup.engine import run
 
+        engine = run
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() and not args.json else None
-    report = asyncio.run(run(settings, progress=progress))
-    if progress is not None:
-        progress.clear()
+    try:
+        report = asyncio.run(engine(settings, progress=progress))
+    except Exception as exc:  # a bug or an answer nothing expected: say so, no traceback dump
+        logging.getLogger("cleanup").debug("the run ended unexpectedly", exc_info=True)
+        print(  # noqa: T201 - the command line's own error channel
+            f"error: the run ended unexpectedly ({type(exc).__name__}); it may have deleted "
+            "some images before it ended, and the next run carries on. Run with -v for details.",
+            file=sys.stderr,
+        )
+        return EXIT_CRASHED
+    finally:
+        if progress is not None:
+            progress.clear()
     output = report.to_json() if args.json else report.render_text()
     sys.stdout.write(output if output.endswith("\n") else output + "\n")
-    return report.exit_code
+    exit_code: int = report.exit_code
+    return exit_code
 
 
 if __name__ == "__main__":
