@@ -80,7 +80,9 @@ async def test_plan_over_the_cap_deletes_nothing():
     assert result.stopped is not None
     assert "CLEANUP_MAX_DELETIONS=1" in result.stopped
     assert registry.digests("web/api") == {d1, d2}
+    assert not any(c.startswith(("delete", "manifests")) for c in registry.calls)
     assert result.plan is not None
+    assert result.plan.tags_deleted == 2
 
 
 async def test_failed_lookup_keeps_tags_and_is_reported_as_an_error():
