@@ -266,7 +266,9 @@ async def execute_run(message: func.QueueMessage) -> None:
         log.error("cleanup queue message %s dropped: %s", message.id, bad)  # noqa: TRY400
         return
     try:
-        settings = _settings(request.dry_run)
+        # The run's dry-run flag is its stored record's (the store applies it), not the
+        # message's: a message never decides whether a run deletes.
+        settings = _settings()
     except ConfigurationError as error:
         # Nothing to retry: the record turns failed ("did not start") after QUEUED_TIMEOUT.
         log.error("cleanup run %s cannot start, misconfigured: %s", request.run_id, error)  # noqa: TRY400

@@ -4,7 +4,9 @@ One blob container (CLEANUP_STORAGE_CONTAINER) holds, per registry and per run:
 
 - `locks/<registry>`: the lock blob. Its metadata `runid` names the registry's *current* run
   (the last one claimed); a blob lease on it is held by the process executing that run, for
-  60 s at a time, renewed in the background every 20 s and released at the end.
+  60 s at a time, renewed in the background every 20 s (a failed renewal is retried every 5 s)
+  and released at the end. If no renewal succeeds for 45 s the run is cancelled, before the
+  lease can lapse and another run take the lock.
 - `runs/<newest-first key>_<run id>.json`: the run record (state, times, exit code, counts).
   The key inverts the run id's timestamp digits, so a plain listing is newest first.
 - `reports/<run id>.json`: the run's full report, with every digest deleted: the audit trail.
@@ -14,6 +16,10 @@ State machine of a record (who writes each transition):
     queued ──(the queue function takes the lease)──> running ──> succeeded | partial | failed
     queued ──(not started within QUEUED_TIMEOUT, or its message was poisoned)──> failed
     running ──(its lease is gone: the process died or lost storage)──> failed "did not finish"
+    running ──(the engine crashed, or the lease could not be renewed)──> failed "interrupted"
+
+A run that ends without a report after it started has exit code None: it may have deleted
+some images (never 3, "stopped before deleting anything").
 
 Readers never write. They apply the same rules on the fly (`effective`): a `running` record
 whose run does not hold the lock blob's lease (lease not locked, or `runid` names another run)
@@ -29,8 +35,9 @@ Claims are atomic through the lock blob's ETag: a claim moves `runid` with `if_m
 two concurrent claims one wins; setting metadata also fails while a lease is held, so no claim
 can move the pointer away from an executing run.
 
-A queue message runs its run at most once: only a record still `queued`, named by the lock
-and taken under the lease, moves to `running`. A redelivered message (host crash, duplicate
+A queue message runs its run at most once, and never another: only the message's own record,
+still `queued`, named by the lock and taken under the lease, moves to `running`, and it runs
+with its record's dry-run flag. A redelivered message (host crash, duplicate
 delivery, poison handling) of a run that is running elsewhere, finished or dead does nothing.
 """
 
@@ -54,6 +61,7 @@ from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
+    AzureError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
@@ -78,6 +86,9 @@ log = logging.getLogger(__name__)
 
 LEASE_DURATION_S: Final = 60
 """Seconds the executing run holds the lock per lease; Azure allows 15 to 60."""
+LEASE_MARGIN_FRACTION: Final = 0.25
+"""The run is stopped this share of the lease before it would lapse (15 s of a 60 s lease)
+when renewals keep failing: it must never go on without the lock."""
 QUEUED_TIMEOUT: Final = timedelta(minutes=15)
 """A run not started this long after it was queued counts as failed ("did not start"). It covers
 a cold start and the queue's retries (host.json: 5 attempts, 30 s apart) with room to spare."""
@@ -88,6 +99,13 @@ CLAIM_ATTEMPTS: Final = 5
 RUN_ID_PATTERN: Final = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}")
 """`20261204T020000Z-1a2b3c4d5e6f`: UTC start second, then 48 random bits. Nothing else is a run
 id, so an id from a URL can never reach outside `runs/` and `reports/`."""
+
+MAY_HAVE_DELETED: Final = (
+    "it may have deleted some images before it stopped: the registry shows what is gone, "
+    "and the next run's report lists what was left to delete"
+)
+"""Said of every run that ended without a report after it started: its deletions are unknown."""
+
 
 _INVERT: Final = str.maketrans("0123456789", "9876543210")
 
@@ -272,7 +290,7 @@ def effective(record: RunRecord, lock: LockState | None, now: datetime) -> RunRe
             record,
             state=RunState.FAILED,
             error="did not finish: the run stopped holding its lock (the process ended or "
-            "lost its storage) before recording a result; no report",
+            f"lost its storage) before recording a result; no report; {MAY_HAVE_DELETED}",
         )
     if record.state is RunState.QUEUED and now - record.queued_at > QUEUED_TIMEOUT:
         minutes = int(QUEUED_TIMEOUT.total_seconds() // 60)
@@ -575,7 +593,10 @@ class RunStore:
         self, message: RunMessage, settings: Settings, run_engine: RunEngine
     ) -> RunRecord | None:
         """Run a queued run once, under the lock's lease; the record as finished, or None
-        when the message has nothing (more) to run. RunNotReadyError: retry later."""
+        when the message has nothing (more) to run. RunNotReadyError: retry later.
+
+        Only the message's own run ever starts, and with the dry-run flag of its stored
+        record (the source of truth), whatever `settings.dry_run` and the message say."""
         record = await self._load(message.run_id)
         if record is None:
             log.warning("cleanup run %s: no such run; message dropped", message.run_id)
@@ -583,17 +604,33 @@ class RunStore:
         if record.state.finished:
             log.info("cleanup run %s already %s; not run again", record.run_id, record.state)
             return record
+        acquired_at = time.monotonic()
         lease = await self._acquire(record)
         if lease is None:
             return None
         try:
-            started = await self._start(lease)
+            started = await self._start(lease, message.run_id)
             if started is None:
                 return None
-            return await self._run_holding(lease, started, settings, run_engine)
+            if started.dry_run is not message.dry_run:
+                log.warning(
+                    "cleanup run %s: its message says dry run %s, its record %s; the record wins",
+                    started.run_id,
+                    message.dry_run,
+                    started.dry_run,
+                )
+            run_settings = replace(settings, dry_run=started.dry_run)
+            return await self._run_holding(lease, acquired_at, started, run_settings, run_engine)
         finally:
-            with contextlib.suppress(HttpResponseError):
+            await self._release(lease)
+
+    async def _release(self, lease: BlobLeaseClient) -> None:
+        """Release the lease, at most one renewal interval; if storage is gone, it lapses."""
+        try:
+            async with asyncio.timeout(self._lease_duration / 3):
                 await lease.release()
+        except (AzureError, OSError, TimeoutError) as error:
+            log.warning("could not release the cleanup lock lease: %s", _error_text(error))
 
     async def _acquire(self, record: RunRecord) -> BlobLeaseClient | None:
         await self._ensure_ready()
@@ -616,15 +653,22 @@ class RunStore:
         )
         return None
 
-    async def _start(self, lease: BlobLeaseClient) -> RunRecord | None:
-        """Under the lease: queued -> running, or persist why the run will not run."""
-        lock = await self._read_lock()
-        if lock is None:  # we hold its lease, so it exists; this is only for the type checker
+    async def _start(self, lease: BlobLeaseClient, run_id: str) -> RunRecord | None:
+        """Under the lease: the message's run `run_id` queued -> running, or persist why it
+        will not run. Nothing starts unless the lock still names `run_id`."""
+        lock = await self._read_lock()  # we hold its lease, so it exists
+        if lock is None or lock.run_id != run_id:
+            # The lock moved on while this message waited: a newer claim settled this run
+            # (failed, "did not start") and queued its own, which its own message starts.
+            log.info(
+                "cleanup run %s: the lock names run %s now; this message starts nothing",
+                run_id,
+                lock.run_id if lock is not None else None,
+            )
             return None
         # While we hold the lease, no claim can move the pointer; re-read the record for an
         # ETag taken under the lease.
-        run_id = lock.run_id
-        record = await self._load(run_id) if run_id is not None else None
+        record = await self._load(run_id)
         if record is None or record.run_id != run_id:
             return None
         if record.state is RunState.RUNNING:
@@ -648,6 +692,7 @@ class RunStore:
     async def _run_holding(
         self,
         lease: BlobLeaseClient,
+        acquired_at: float,
         record: RunRecord,
         settings: Settings,
         run_engine: RunEngine,
@@ -656,6 +701,7 @@ class RunStore:
         lost_lock = asyncio.Event()
         report: Report | None = None
         error: str | None = None
+        exit_code: int | None = None
         with telemetry.execution_span(
             run_id=record.run_id,
             registry=record.registry,
@@ -663,25 +709,38 @@ class RunStore:
             trigger=record.trigger.value,
         ) as span:
             engine_task = asyncio.ensure_future(run_engine(settings, record.run_id))
-            renewer = asyncio.create_task(self._keep_lease(lease, engine_task, lost_lock))
+            renewer = asyncio.create_task(
+                self._keep_lease(lease, acquired_at, engine_task, lost_lock)
+            )
             try:
                 report = await engine_task
             except asyncio.CancelledError as exc:
                 if not lost_lock.is_set():
                     raise
                 span.record_exception(exc)
-                error = "stopped: the run lost its lock lease (storage unreachable for a minute)"
+                error = (
+                    "interrupted: the run lost its lock lease (storage unreachable) and was "
+                    f"stopped before it finished; no report; {MAY_HAVE_DELETED}"
+                )
             except ConfigurationError as exc:
                 span.record_exception(exc)
                 error = f"configuration error: {exc}"
+                exit_code = 2
             except Exception as exc:
                 span.record_exception(exc)
                 log.exception("cleanup run %s crashed", record.run_id)
-                error = f"crashed: {_error_text(exc)}"
+                error = (
+                    f"interrupted: the run crashed ({_error_text(exc)}); no report; "
+                    f"{MAY_HAVE_DELETED}"
+                )
             finally:
                 renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewer
+                # Never raises (the outer task's own cancellation aside): whatever became of
+                # the renewer, the run's result below is still recorded.
+                await asyncio.wait([renewer])
+                failure = None if renewer.cancelled() else renewer.exception()
+                if failure is not None:
+                    log.error("the cleanup lock renewer failed: %s", _error_text(failure))
             if error is not None:
                 span.set_status(trace.StatusCode.ERROR, error)
         duration = time.monotonic() - started
@@ -691,8 +750,8 @@ class RunStore:
             record,
             state=RunState.FAILED,
             finished_at=self._clock(),
-            exit_code=2 if error and error.startswith("configuration") else 3,
-            error=error,
+            exit_code=exit_code,
+            error=error[:500] if error else error,
         )
         telemetry.record_failed_run(
             registry=record.registry,
@@ -727,23 +786,56 @@ class RunStore:
         return await self._save(finished)
 
     async def _keep_lease(
-        self, lease: BlobLeaseClient, engine_task: asyncio.Future[Any], lost: asyncio.Event
+        self,
+        lease: BlobLeaseClient,
+        acquired_at: float,
+        engine_task: asyncio.Future[Any],
+        lost: asyncio.Event,
     ) -> None:
-        interval = self._lease_duration / 3
-        last_renewed = time.monotonic()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await lease.renew()
-                last_renewed = time.monotonic()
-            except HttpResponseError as error:
-                log.warning("could not renew the cleanup lock lease: %s", _error_text(error))
-                if error.status_code == 409 or (
-                    time.monotonic() - last_renewed > self._lease_duration - interval
-                ):
-                    lost.set()
-                    engine_task.cancel()
-                    return
+        """Renew the lease every third of its duration; on failure retry every few seconds,
+        each attempt bounded, until `deadline`. At the deadline (a margin before the lease
+        would lapse, counted from when the last successful renewal was *sent*), or as soon
+        as storage says the lease is gone, cancel the engine: it never runs unguarded."""
+        duration = float(self._lease_duration)
+        interval = duration / 3
+        retry_every = max(1.0, interval / 4)
+        margin = duration * LEASE_MARGIN_FRACTION
+        renewed_at = acquired_at
+        next_attempt = renewed_at + interval
+        try:
+            while True:
+                deadline = renewed_at + duration - margin
+                now = time.monotonic()
+                if now < min(next_attempt, deadline):
+                    await asyncio.sleep(min(next_attempt, deadline) - now)
+                    continue
+                if now >= deadline:
+                    log.error(
+                        "cleanup lock lease not renewed for %.0f s; stopping the run before "
+                        "the lease lapses",
+                        now - renewed_at,
+                    )
+                    break
+                attempt_at = now
+                try:
+                    async with asyncio.timeout(min(interval, deadline - now)):
+                        await lease.renew()
+                except HttpResponseError as error:
+                    log.warning("could not renew the cleanup lock lease: %s", _error_text(error))
+                    if error.status_code in (409, 412):  # the lease is gone (broken, taken)
+                        break
+                    next_attempt = time.monotonic() + retry_every
+                except (AzureError, OSError, TimeoutError) as error:
+                    log.warning("could not renew the cleanup lock lease: %s", _error_text(error))
+                    next_attempt = time.monotonic() + retry_every
+                else:
+                    renewed_at = attempt_at
+                    next_attempt = attempt_at + interval
+        except Exception:
+            # Nothing else is expected; whatever it was, the lease can no longer be vouched for.
+            log.exception("the cleanup lock renewer failed; stopping the run")
+        lost.set()
+        engine_task.cancel()
 
     # --- abandoning --------------------------------------------------------------------
 
