@@ -123,8 +123,9 @@ class RunState(StrEnum):
 
 
 def state_for_exit_code(exit_code: int) -> RunState:
-    """0 succeeded, 1 partial (some lookups or deletions failed), anything else failed."""
-    return {0: RunState.SUCCEEDED, 1: RunState.PARTIAL}.get(exit_code, RunState.FAILED)
+    """0 succeeded, 1 partial (some lookups or deletions failed), anything else failed: the
+    same names as telemetry's `cleanup.outcome` (one mapping; docs/operations.md, Outcomes)."""
+    return RunState(telemetry.outcome_for_exit_code(exit_code))
 
 
 class Trigger(StrEnum):

@@ -69,7 +69,10 @@ OUTCOMES: Final = ("succeeded", "partial", "failed")
 
 
 def outcome_for_exit_code(exit_code: int) -> str:
-    """0 succeeded, 1 partial, anything else (2 configuration, 3 stopped, crash) failed."""
+    """0 succeeded, 1 partial, anything else (2 configuration, 3 stopped, crash) failed.
+
+    The run records' states use these names too (`cleanup.runs.state_for_exit_code`); the
+    report's `summary.outcome` says `stopped` for exit 3. docs/operations.md has the table."""
     return {0: "succeeded", 1: "partial"}.get(exit_code, "failed")
 
 

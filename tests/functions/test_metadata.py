@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,31 @@ def test_every_setting_a_binding_names_is_in_the_sample_settings(functions):
     for setting in ("CLEANUP_SCHEDULE", "CLEANUP_RUN_QUEUE"):
         assert sample[setting] == SETTING_DEFAULTS[setting]
     assert sample["CLEANUP_SCHEDULE"] == "0 0 2 * * *"
+
+
+def _binding_settings(functions: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for name in functions:
+        for binding in bindings(functions, name):
+            for value in binding.values():
+                if isinstance(value, str):
+                    names |= set(re.findall(r"%([A-Za-z0-9_]+)%", value))
+    return names
+
+
+def test_every_setting_a_binding_names_is_a_documented_required_app_setting(functions):
+    """The host has no default for a %SETTING% of a binding: each one is documented as a
+    required app setting in docs/operations.md and set by the infra's app settings."""
+    named = _binding_settings(functions)
+    assert named == {"CLEANUP_SCHEDULE", "CLEANUP_RUN_QUEUE"}
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    table = operations.split("## Settings the Function App adds", 1)[1].split("\n## ", 1)[0]
+    assert "| required app setting |" in table
+    main_bicep = (ROOT / "infra" / "main.bicep").read_text()
+    for setting in named:
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| `{setting}` |")]
+        assert row.split("|")[2].strip() == "**yes**", f"{setting} must be marked required"
+        assert re.search(rf"^\s*{setting}:", main_bicep, re.MULTILINE), f"infra sets {setting}"
 
 
 def test_the_sample_settings_name_every_product_setting():

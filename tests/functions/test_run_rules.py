@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from cleanup.errors import ConfigurationError
+from cleanup.report import Report, ReportError
 from cleanup.runs import (
+    MAY_HAVE_DELETED,
     QUEUED_TIMEOUT,
     LockState,
     RunMessage,
@@ -22,6 +25,9 @@ from cleanup.runs import (
     new_run_id,
     state_for_exit_code,
 )
+from cleanup.telemetry import OUTCOMES, outcome_for_exit_code
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NOW = datetime(2026, 12, 4, 2, 0, tzinfo=UTC)
 
@@ -116,6 +122,7 @@ def test_a_running_run_without_the_lease_did_not_finish(lock):
     seen = effective(record(RunState.RUNNING), lock, NOW)
     assert seen.state is RunState.FAILED
     assert (seen.error or "").startswith("did not finish")
+    assert MAY_HAVE_DELETED in (seen.error or "")
 
 
 def test_a_queued_run_fails_only_after_the_timeout():
@@ -170,3 +177,44 @@ def test_no_storage_setting_is_a_configuration_error():
     """Without any AzureWebJobsStorage setting the store says which settings to set."""
     with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):
         StorageConfig.from_environ({"AzureWebJobsStorage__blobServiceUri": "https://x"})
+
+
+def _outcome_table() -> list[list[str]]:
+    """The rows of docs/operations.md's outcome table, cells without their backticks."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("### Outcomes", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| exit code")
+    return [[cell.strip().strip("`") for cell in row.strip("|").split("|")] for row in rows[1:]]
+
+
+def _report_with(outcome: str) -> Report:
+    return Report(
+        run_id="20261204T020000Z-1a2b3c4d5e6f",
+        dry_run=False,
+        started_at=NOW,
+        finished_at=NOW,
+        registry="contoso.azurecr.io",
+        errors=(ReportError("run", "x"),) if outcome != "succeeded" else (),
+        stopped="x" if outcome == "stopped" else None,
+    )
+
+
+def test_the_one_outcome_table_matches_reports_records_and_telemetry():
+    """docs/operations.md's table maps each exit code to the report's summary.outcome, the run
+    status and telemetry's cleanup.outcome exactly as the code does; the last two agree."""
+    rows = _outcome_table()
+    codes = [row[0] for row in rows]
+    assert {"0", "1", "2", "3", "null"} <= set(codes)
+    for code, report_outcome, status, outcome, _ in rows:
+        assert status == outcome, "run records and telemetry use one vocabulary"
+        assert outcome in OUTCOMES
+        if code == "null":
+            assert report_outcome == "(no report)"
+            continue
+        assert state_for_exit_code(int(code)).value == status
+        assert outcome_for_exit_code(int(code)) == outcome
+        if report_outcome != "(no report)":
+            report = _report_with(report_outcome)
+            assert (report.outcome, report.exit_code) == (report_outcome, int(code))
+            assert report.to_dict()["summary"]["outcome"] == report_outcome
