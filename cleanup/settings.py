@@ -202,7 +202,7 @@ def load_settings(environ: Mapping[str, str], *, dry_run: bool | None = None) ->
     concurrency = reader.optional("CLEANUP_CONCURRENCY", _int_in_range(1, MAX_CONCURRENCY))
     schedule = reader.optional("CLEANUP_SCHEDULE", _parse_schedule)
     storage_container = reader.optional("CLEANUP_STORAGE_CONTAINER", _parse_storage_name)
-    run_queue = reader.optional("CLEANUP_RUN_QUEUE", _parse_storage_name)
+    run_queue = reader.optional("CLEANUP_RUN_QUEUE", _parse_run_queue)
     project = reader.text("AZURE_DEVOPS_PROJECT") or None
     if project is not None:
         reader.check("AZURE_DEVOPS_PROJECT", project, _parse_project)
@@ -449,6 +449,21 @@ def _parse_storage_name(value: str) -> str:
         raise ValueError(
             "3 to 63 lower-case letters, digits and single hyphens, starting and ending with a "
             "letter or digit"
+        )
+    return value
+
+
+POISON_SUFFIX = "-poison"
+
+
+def _parse_run_queue(value: str) -> str:
+    """A queue name whose poison queue (`<name>-poison`, the Functions host's) is one too."""
+    _parse_storage_name(value)
+    longest = 63 - len(POISON_SUFFIX)
+    if len(value) > longest:
+        raise ValueError(
+            f"at most {longest} characters: its poison queue {value + POISON_SUFFIX!r} must "
+            "also be a queue name (3 to 63 characters)"
         )
     return value
 

@@ -498,6 +498,16 @@ def test_storage_names_refused(name, value):
     assert problem(**{name: value}).startswith(f"{name}=")
 
 
+def test_the_run_queue_leaves_room_for_its_poison_queue():
+    """CLEANUP_RUN_QUEUE is at most 56 characters, so `<name>-poison` fits in 63."""
+    longest = "q" * 56
+    assert load_settings(environment(CLEANUP_RUN_QUEUE=longest)).run_queue == longest
+    message = problem(CLEANUP_RUN_QUEUE="q" * 57)
+    assert message.startswith("CLEANUP_RUN_QUEUE=")
+    assert "at most 56 characters" in message
+    assert "poison" in message
+
+
 def test_project_refuses_slashes():
     """A project name with a slash (an org URL pasted in) is refused."""
     assert problem(AZURE_DEVOPS_PROJECT="contoso/web").startswith("AZURE_DEVOPS_PROJECT=")
