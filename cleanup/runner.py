@@ -9,6 +9,7 @@ known and within the safety cap. Every phase is a small pool of workers, so a re
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -256,15 +257,7 @@ async def execute(
     plans = [r for r in repositories if r.steps]
     if state is not None:
         state.steps_total = sum(len(r.steps) for r in plans)
-    results: dict[Step, StepResult] = {}
-
-    async def one(repository: RepositoryPlan) -> None:
-        changes = await _recheck(registry, repository)
-        executor = _Executor(registry, concurrency, changes, state, notify)
-        results.update(await executor.run(repository.steps))
-
-    await for_each(plans, one, concurrency)
-    return results
+    return await _Executor(registry, concurrency, state, notify).run(plans)
 
 
 async def _recheck(registry: Registry, repository: RepositoryPlan) -> dict[Step, StepResult]:
@@ -292,43 +285,62 @@ async def _recheck(registry: Registry, repository: RepositoryPlan) -> dict[Step,
     }
 
 
-class _Executor:
-    """One repository's steps: parents before the steps that wait for them.
+_STEP, _RECHECK, _END = 0, 1, 2
+"""Work priorities: ready deletions first, so a repository is re-read as late as possible."""
 
-    `changes` are results decided before any request: TAGS_ONLY steps delete their tags
-    instead of the manifest; the others (KEPT, LOCKED, SKIPPED) are settled without a request.
-    A step waiting for a manifest that was not deleted is skipped, unless the change already
-    keeps it.
+_Work = tuple[int, int, Step | RepositoryPlan | None]
+
+
+class _Executor:
+    """Every repository's steps in one pool of workers: parents before what waits for them.
+
+    A repository with manifest deletions is re-read first (`_recheck`); its steps become ready
+    only then, with the changes the re-read decided: TAGS_ONLY steps delete their tags instead
+    of the manifest, KEPT, LOCKED and SKIPPED ones are settled without a request. Ready
+    deletions go before re-reads, so the re-read of a repository happens close to its own
+    deletions, and no repository waits for another's. A step waiting for a manifest that was
+    not deleted is skipped, unless its change already keeps it.
     """
 
     def __init__(
         self,
         registry: Registry,
         concurrency: int,
-        changes: dict[Step, StepResult],
         state: Progress | None,
         notify: Callable[[], None] | None,
     ) -> None:
         self._registry = registry
         self._concurrency = concurrency
-        self._changes = changes
         self._state = state
         self._notify = notify
+        self._changes: dict[Step, StepResult] = {}
         self._outcomes: dict[Step, StepResult] = {}
-        self._ready: asyncio.Queue[Step | None] = asyncio.Queue()
+        self._work: asyncio.PriorityQueue[_Work] = asyncio.PriorityQueue()
+        self._order = itertools.count()
         self._remaining = 0
         self._graph = _StepGraph([])
 
-    async def run(self, steps: Sequence[Step]) -> dict[Step, StepResult]:
-        self._graph = _StepGraph(list(steps))
-        self._remaining = len(steps)
-        for step in self._graph.initial():
-            self._ready.put_nowait(step)
+    async def run(self, plans: Sequence[RepositoryPlan]) -> dict[Step, StepResult]:
+        self._graph = _StepGraph([s for plan in plans for s in plan.steps])
+        self._remaining = len(self._graph.steps)
+        for plan in plans:
+            if any(s.kind is StepKind.DELETE_MANIFEST for s in plan.steps):
+                self._put(_RECHECK, plan)
+            else:
+                self._release(plan)
         for orphan in self._graph.take_blocked():
             self._settle(StepResult(orphan, Outcome.SKIPPED, self._graph.blocker(orphan)))
         if self._remaining:
-            await for_each(self._steps_ready(), self._run_one, self._concurrency)
+            await for_each(self._ready(), self._do, self._concurrency)
         return self._outcomes
+
+    def _put(self, priority: int, item: Step | RepositoryPlan | None) -> None:
+        self._work.put_nowait((priority, next(self._order), item))
+
+    def _release(self, plan: RepositoryPlan) -> None:
+        for step in plan.steps:
+            if not step.after:
+                self._put(_STEP, step)
 
     def _settle(self, result: StepResult) -> None:
         self._outcomes[result.step] = result
@@ -337,20 +349,24 @@ class _Executor:
             self._state.steps_done += 1
         done = result.outcome is Outcome.DONE
         for dependant in self._graph.settled(result.step, done, exempt=self._changes):
-            self._ready.put_nowait(dependant)
+            self._put(_STEP, dependant)
         for skipped in self._graph.take_blocked():
             self._settle(StepResult(skipped, Outcome.SKIPPED, self._graph.blocker(skipped)))
         if self._remaining == 0:
-            self._ready.put_nowait(None)
+            self._put(_END, None)
 
-    async def _steps_ready(self) -> AsyncIterator[Step]:
-        while (step := await self._ready.get()) is not None:
-            yield step
+    async def _ready(self) -> AsyncIterator[Step | RepositoryPlan]:
+        while (item := (await self._work.get())[2]) is not None:
+            yield item
 
-    async def _run_one(self, step: Step) -> None:
-        change = self._changes.get(step)
+    async def _do(self, item: Step | RepositoryPlan) -> None:
+        if isinstance(item, RepositoryPlan):
+            self._changes.update(await _recheck(self._registry, item))
+            self._release(item)
+            return
+        change = self._changes.get(item)
         if change is None:
-            result = await _delete(self._registry, step)
+            result = await _delete(self._registry, item)
         elif change.outcome is Outcome.TAGS_ONLY:
             result = await _delete_tags_only(self._registry, change)
         else:
@@ -409,11 +425,8 @@ class _StepGraph:
             for digest in step.after:
                 self._dependants[(step.repository, digest)].append(step)
 
-    def initial(self) -> list[Step]:
-        return [s for s in self.steps if not s.after]
-
-    # A step blocked at the start (it waits for an unplanned digest) is never initial and
-    # never becomes ready: take_blocked hands it over exactly once.
+    # A step blocked at the start (it waits for an unplanned digest) has an `after`, so it
+    # is never released as ready: take_blocked hands it over exactly once.
 
     def settled(
         self, step: Step, succeeded: bool, exempt: Mapping[Step, object] | None = None
