@@ -67,7 +67,7 @@ async def test_a_manifest_listing_that_broke_off_deletes_nothing_there(emulate: 
     emulators = emulate(small_registry())
     before = snapshot(emulators)
     emulators.acr.knobs.faults.add(
-        FaultRule(route="acr.manifests.list", status=500, path_contains="api")
+        FaultRule(route="acr.manifests.list", status=500, path_contains="team%2Fapi/")
     )
     report = await run(settings_for(emulators), tuning=FAST)
     assert report.exit_code == 1
