@@ -2,12 +2,17 @@
 
 What it costs. Without a project, `check_access` sends nothing and each distinct pull request
 costs one `GET {org}/_apis/git/pullrequests/{id}` (an auth failure surfaces on the first one).
-With a project, `check_access` lists the project's active pull requests (`$top=1000`, paging
-with `$skip`, at most `max_list_pages` pages; the first page also proves the credential and the
-project), and `look_up` answers an id found there without a request; any other id costs one
+With a project, `check_access` lists the project's pull requests of every status, newest first
+(`searchCriteria.status=all`, `$top=1000`, paging with `$skip`, at most `max_list_pages` pages;
+the first page also proves the credential and the project), and `look_up` answers an id found
+there without a request: a pull request's image tags mostly name recent pull requests, so one
+or two pages usually answer them all. Any other id costs one
 `GET {org}/{project}/_apis/git/pullrequests/{id}`. So a run costs at most
-`pages + (distinct ids not active)` requests: fewer than one per id whenever at least `pages`
-of the ids looked up are active. Answers are cached per id, so asking twice costs nothing.
+`pages + (distinct ids not listed)` requests: fewer than one per id whenever at least `pages`
+of the ids looked up are listed. Answers are cached per id, so asking twice costs nothing.
+Listing every status rather than the active ones only costs the same requests and also
+answers the closed pull requests, the ones whose images go: Azure DevOps' rate limits count
+requests, and a run of hundreds of pull requests stays within them.
 
 What it answers. `active` (drafts included), `completed` and `abandoned` map to the statuses of
 the same name; `notSet` or anything else is UNKNOWN. `closedDate` becomes an aware UTC datetime;
@@ -59,6 +64,7 @@ _STATUSES = {
     "abandoned": PullRequestStatus.ABANDONED,
 }
 _MAX_DETAIL = 300
+_LISTED = frozenset(_STATUSES.values())
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +281,7 @@ class AzureDevOpsPullRequests:
         url = f"{self._org_url}/{quote(self._project, safe='')}/_apis/git/pullrequests"
         for page in range(self._max_list_pages):
             params = {
-                "searchCriteria.status": "active",
+                "searchCriteria.status": "all",
                 "$top": str(LIST_PAGE_SIZE),
                 "$skip": str(page * LIST_PAGE_SIZE),
             }
@@ -298,7 +304,8 @@ class AzureDevOpsPullRequests:
             self.listed_pages += 1
             for item in items:
                 pr = self._parse_listed(item)
-                if pr is not None and pr.status is PullRequestStatus.ACTIVE:
+                # Only a clear answer is kept; anything else is asked for on its own.
+                if pr is not None and pr.status in _LISTED:
                     self._known.setdefault(pr.id, pr)
             if len(items) < LIST_PAGE_SIZE:
                 return

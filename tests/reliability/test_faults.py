@@ -16,14 +16,23 @@ from tests.reliability.scenarios import fault_free, small_registry
 pytestmark = pytest.mark.integration
 
 
-async def faulty_run(emulate: Emulate, *acr: FaultRule, devops: tuple[FaultRule, ...] = ()):
+ONE_BY_ONE = {"AZURE_DEVOPS_PROJECT": None}
+"""Organization-wide: every pull request is looked up on its own (no project listing)."""
+
+
+async def faulty_run(
+    emulate: Emulate,
+    *acr: FaultRule,
+    devops: tuple[FaultRule, ...] = (),
+    settings: dict[str, str | None] | None = None,
+):
     """(report, final snapshot, emulators) of one run of small_registry() with these faults."""
     emulators = emulate(small_registry())
     for rule in acr:
         emulators.acr.knobs.faults.add(rule)
     for rule in devops:
         emulators.devops.knobs.faults.add(rule)
-    report = await run(settings_for(emulators), tuning=FAST)
+    report = await run(settings_for(emulators, **(settings or {})), tuning=FAST)
     return report, snapshot(emulators), emulators
 
 
@@ -57,14 +66,15 @@ async def test_devops_429_bursts_are_waited_out_honouring_retry_after(emulate: E
 
 async def test_5xx_on_some_routes_and_items_are_retried(emulate: Emulate):
     """500/502/503 on one repository's listing, some deletions and one pull request: retried."""
-    expected = await fault_free(emulate, small_registry())
+    expected = await fault_free(emulate, small_registry(), **ONE_BY_ONE)
     report, after, emulators = await faulty_run(
         emulate,
         FaultRule(route="acr.tags.list", path_contains="web", status=500, times=2),
         FaultRule(route="acr.manifests.list", status=502, times=1),
         FaultRule(route="acr.manifest.delete", status=503, times=2),
         FaultRule(route="acr.manifest.get", status=500, times=1),
-        devops=(FaultRule(route="devops.pr.get", path_contains="/pullrequests/5?", times=2),),
+        devops=(FaultRule(route="devops.pr.get*", path_contains="/pullrequests/5?", times=2),),
+        settings=ONE_BY_ONE,
     )
     assert report.exit_code == 0, report.render_text()
     assert after == expected
@@ -175,9 +185,10 @@ async def test_the_devops_sign_in_page_stops_the_run_before_any_deletion(
     """Azure DevOps answering 203 (its sign-in page), first or mid-run: exit 3, nothing deleted."""
     emulators = emulate(small_registry())
     before = snapshot(emulators)
-    route = "devops.pr.list" if skip == 0 else "devops.pr.get"
+    # First: the project's listing; mid-run: the second of the one-by-one lookups.
+    route, overrides = ("devops.pr.list", {}) if skip == 0 else ("devops.pr.get*", ONE_BY_ONE)
     emulators.devops.knobs.faults.add(FaultRule(route=route, status=203, skip=skip))
-    report = await run(settings_for(emulators), tuning=FAST)
+    report = await run(settings_for(emulators, **overrides), tuning=FAST)
     assert report.exit_code == 3
     assert emulators.devops.knobs.faults.injected >= 1
     assert emulators.log.count(service="acr", method="DELETE") == 0
@@ -188,9 +199,11 @@ async def test_a_pull_request_that_fails_forever_keeps_its_tags_and_the_rest_is_
     emulate: Emulate,
 ):
     """Every lookup of PR5 fails: its tag stays, the run exits 1, everything else is done."""
-    expected = await fault_free(emulate, small_registry())
+    expected = await fault_free(emulate, small_registry(), **ONE_BY_ONE)
     report, after, emulators = await faulty_run(
-        emulate, devops=(FaultRule(route="devops.pr.get", path_contains="/pullrequests/5?"),)
+        emulate,
+        devops=(FaultRule(route="devops.pr.get*", path_contains="/pullrequests/5?"),),
+        settings=ONE_BY_ONE,
     )
     assert report.exit_code == 1
     digest = emulators.acr.state.resolve("team/web", "PR5")

@@ -257,15 +257,21 @@ async def test_check_access_without_project_costs_nothing():
     assert rec.requests == []
 
 
-def listing(active: int, page_size: int = 1000) -> Responder:
-    """A project with `active` active pull requests (ids 1..active) and any other id completed."""
+def listing(active: int, page_size: int = 1000, closed: int = 0) -> Responder:
+    """A project with `active` active pull requests (ids 1..active), then `closed` completed
+    ones (the next ids, newer); any other id is completed too but missing from the listing."""
+
+    def listed(pr_id: int) -> dict[str, object]:
+        if pr_id <= active:
+            return pr_json(pr_id)
+        return pr_json(pr_id, "completed", closedDate="2026-01-01T00:00:00Z")
 
     def respond(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/pullrequests"):
             skip = int(request.url.params["$skip"])
             top = min(int(request.url.params["$top"]), page_size)
-            ids = list(range(active, 0, -1))[skip : skip + top]
-            return httpx.Response(200, json={"count": len(ids), "value": [pr_json(i) for i in ids]})
+            ids = list(range(active + closed, 0, -1))[skip : skip + top]
+            return httpx.Response(200, json={"count": len(ids), "value": [listed(i) for i in ids]})
         pr_id = int(request.url.path.rsplit("/", 1)[1])
         if pr_id <= active:
             return httpx.Response(200, json=pr_json(pr_id))
@@ -276,17 +282,18 @@ def listing(active: int, page_size: int = 1000) -> Responder:
     return respond
 
 
-async def test_active_listing_answers_lookups_without_requests():
-    """With a project, active ids come from check_access's listing; others cost one GET each."""
-    rec = Recorder(listing(active=5))
+async def test_listing_answers_lookups_without_requests():
+    """With a project, listed ids (any status) need no request; others cost one GET each."""
+    rec = Recorder(listing(active=5, closed=3))
     async with rec.adapter("Fabrikam") as devops:
         await devops.check_access()
-        states = [await devops.look_up(i) for i in (1, 2, 3, 9)]
-    assert [s.status for s in states] == [PullRequestStatus.ACTIVE] * 3 + [
+        states = [await devops.look_up(i) for i in (1, 2, 7, 9)]
+    assert [s.status for s in states] == [PullRequestStatus.ACTIVE] * 2 + [
         PullRequestStatus.COMPLETED
-    ]
-    assert len(rec.requests) == 2
-    assert rec.requests[0].url.params["searchCriteria.status"] == "active"
+    ] * 2
+    assert states[2].closed_at is not None
+    assert len(rec.requests) == 2, "the listing, then one GET for id 9 only"
+    assert rec.requests[0].url.params["searchCriteria.status"] == "all"
     assert rec.requests[0].url.params["$top"] == "1000"
 
 
