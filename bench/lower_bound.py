@@ -10,9 +10,11 @@ Requests: the fewest the work needs.
   children; both are needed). `P = 100`, the registry's default page size (what the product
   asks for; real ACR's largest page is unverified). `get_manifest` reads: 0 (the workloads hold
   no referrer or index whose structure the listing leaves out).
-- Azure DevOps: per distinct pull request one lookup, or the bulk listing of the project's
-  active pull requests (`ceil(active / 1000)` pages of `$top=1000`) plus one lookup per distinct
-  pull request that is not active: `R_devops = min(distinct, ceil(active / 1000) + not active)`.
+- Azure DevOps: per distinct pull request one lookup, or bulk listings of the project's pull
+  requests (`$top=1000` a page): of every status (`ceil(project's pull requests / 1000)` pages,
+  what the product does), or of the active ones plus one lookup per pull request that is not
+  active. `R_devops = min(distinct, ceil(all / 1000), ceil(active / 1000) + not active)`; every
+  workload's pull requests are all in the one project, so `all = distinct`.
 - Deletions: one per manifest that goes (deleting a manifest removes its tags), one per stale tag
   whose manifest stays; in these workloads every stale tag has its own manifest: one each.
 - Tokens: one managed-identity token, one `/oauth2/exchange`, one `/oauth2/token` (a wildcard
@@ -90,7 +92,11 @@ def lower_bound(workload: Workload, concurrency: int) -> LowerBound:
     listing = workload.repositories * (tag_pages + manifest_pages)
     active = workload.active_pull_requests
     distinct = workload.distinct_pull_requests
-    devops = min(distinct, -(-active // DEVOPS_PAGE_SIZE) + (distinct - active))
+    devops = min(
+        distinct,
+        -(-distinct // DEVOPS_PAGE_SIZE),
+        -(-active // DEVOPS_PAGE_SIZE) + (distinct - active),
+    )
     deletions = workload.deletions
     chain = 1 + 2 + catalog + (max(tag_pages, manifest_pages) - 1)
     scan = max(-(-listing // c), -(-devops // c))

@@ -85,8 +85,8 @@ def test_targets_name_every_figure_of_the_issue(results):
 
 
 def test_lower_bound_counts_the_fewest_requests():
-    """W1's bound: 200 listing pages, 1 bulk page + 420 lookups, 1,260 deletions."""
+    """W1's bound: 200 listing pages, 1 bulk page of all 600 pull requests, 1,260 deletions."""
     bound = lower_bound(SIZES["full"]["W1"], concurrency=16)
-    assert (bound.listing_pages, bound.devops_requests, bound.deletions) == (200, 421, 1260)
+    assert (bound.listing_pages, bound.devops_requests, bound.deletions) == (200, 1, 1260)
     assert bound.chain == 4
-    assert bound.seconds == pytest.approx(0.020 * (4 + 27 + 79))
+    assert bound.seconds == pytest.approx(0.020 * (4 + 13 + 79))
