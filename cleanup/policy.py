@@ -12,9 +12,11 @@
   that cannot be deleted (locked, or carrying a tag that stays) keeps its subject manifest:
   only the subject's tags are removed, so no attached signature or SBOM is left dangling.
 - A platform manifest shared by two indexes is deleted only when both indexes are.
-- Manifest steps are ordered parents first: an index before its platform manifests, a subject
-  before its referrers. `Step.after` names the manifest steps (digests) that must succeed
-  first, so a failed parent never leaves a kept index or subject pointing at nothing.
+- Manifest steps are ordered leaves first: an index after its platform manifests, a subject
+  after its referrers. `Step.after` names the manifest steps (digests) that must succeed
+  first, so a failed child never leaves an untagged manifest that later runs would not touch:
+  its parent keeps its tags and the next run retries both. (Between the two deletions the
+  parent, which carries only closed pull requests' tags, may point at a deleted child.)
 """
 
 from __future__ import annotations
@@ -398,7 +400,7 @@ def _manifests_to_delete(
     manifests: Mapping[str, Manifest],
     deleting: Mapping[str, str],
 ) -> dict[str, tuple[tuple[str, ...], str]]:
-    """Digest -> (digests it waits for, reason), in executable order (parents first)."""
+    """Digest -> (digests it waits for, reason), in executable order (leaves first)."""
     if not deleting:
         return {}
     tag_count = Counter(tag.digest for tag in listing.tags)
@@ -460,24 +462,22 @@ def _manifests_to_delete(
 def _ordered(
     doomed: set[str], graph: _Graph, tagged: Callable[[str], bool]
 ) -> dict[str, tuple[tuple[str, ...], str]]:
-    """Kahn's order over "waits for" edges; anything on a cycle (malformed data) is kept."""
+    """Kahn's order over "waits for" edges, leaves first; anything on a cycle is kept.
+
+    A manifest waits for its platform manifests and referrers that go too: were it deleted
+    first and one of them then failed, that one would be left untagged, which later runs leave
+    alone. Deleted last, a parent whose child failed keeps its tags, and the next run retries.
+    """
     manifests, parents = graph.manifests, graph.parents
     waits: dict[str, tuple[str, ...]] = {}
     dependants: dict[str, list[str]] = defaultdict(list)
     roots = []
     for digest in doomed:
-        users = parents.get(digest)
-        subject = manifests[digest].subject
-        if not users and (subject is None or subject not in doomed):
-            roots.append(digest)
-            continue
-        before = doomed.intersection(users) if users else set()
-        if subject is not None and subject in doomed:
-            before.add(subject)
+        before = {d for d in graph.dependants(digest) if d in doomed and d != digest}
         if not before:
             roots.append(digest)
             continue
-        waits[digest] = after = tuple(sorted(before)) if len(before) > 1 else tuple(before)
+        waits[digest] = after = tuple(sorted(before))
         for earlier in after:
             dependants[earlier].append(digest)
     pending = {digest: len(before) for digest, before in waits.items()}
@@ -487,8 +487,9 @@ def _ordered(
     no_wait: tuple[str, ...] = ()
     while ready:
         digest = ready.popleft()
-        after = waits.get(digest, no_wait)
-        ordered[digest] = (after, _manifest_reason(manifests[digest], after, tagged))
+        users = tuple(sorted(p for p in parents.get(digest, ()) if p in doomed))
+        reason = _manifest_reason(manifests[digest], users, doomed, tagged)
+        ordered[digest] = (waits.get(digest, no_wait), reason)
         later = dependants.get(digest)
         if later:
             for dependant in sorted(later) if len(later) > 1 else later:
@@ -499,10 +500,12 @@ def _ordered(
 
 
 def _manifest_reason(
-    manifest: Manifest, after: tuple[str, ...], tagged: Callable[[str], bool]
+    manifest: Manifest, users: tuple[str, ...], doomed: set[str], tagged: Callable[[str], bool]
 ) -> str:
-    if not after or tagged(manifest.digest):
+    if tagged(manifest.digest):
         return _ALL_TAGS_GO
-    if manifest.subject is not None and manifest.subject in after:
+    if manifest.subject is not None and manifest.subject in doomed:
         return f"attached to deleted manifest {manifest.subject}"
-    return f"platform manifest of deleted index {', '.join(after)}"
+    if users:
+        return f"platform manifest of deleted index {', '.join(users)}"
+    return _ALL_TAGS_GO

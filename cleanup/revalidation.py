@@ -11,8 +11,10 @@ manifest deletion is checked against a fresh listing of its repository first:
 - a manifest that is now locked is kept with its tags (`LOCKED`);
 - a manifest that a manifest outside the deletion set now references (a new index) is kept,
   its planned tags removed (`TAGS_ONLY`), or left alone when it has none (`KEPT`);
-- a step that waits for a kept manifest (a platform manifest of a kept index, a referrer of a
-  kept subject) is kept too (`KEPT`).
+- what a kept manifest waits for (the platform manifests of a kept index, the referrers of a
+  kept subject) is kept too (`KEPT`), and a subject whose referrer is kept keeps its manifest
+  (`TAGS_ONLY`); an index whose platform manifest is kept because another index uses it still
+  goes.
 
 A manifest the fresh listing no longer has is left to its step: deleting it again answers 404,
 which counts as done. Tag deletions are not re-checked: a tag is deleted by name, and it is a
@@ -44,20 +46,51 @@ class Change(NamedTuple):
 
 
 def revalidate(steps: Sequence[Step], fresh: Iterable[Manifest]) -> dict[Step, Change]:
-    """The changes a repository's steps (in plan order, parents first) need; empty: none."""
+    """The changes a repository's steps need; empty: none.
+
+    Steps are leaves first: a manifest step's `after` names its platform manifests and
+    referrers that go too. A kept manifest keeps everything it waits for; a kept referrer
+    keeps its subject; a kept platform manifest does not keep its index (it is used elsewhere).
+    """
     current = {m.digest: m for m in fresh}
-    deleting = {s.digest for s in steps if s.kind is StepKind.DELETE_MANIFEST}
-    users = _users(current, deleting)
+    by_digest = {s.digest: s for s in steps if s.kind is StepKind.DELETE_MANIFEST}
+    users = _users(current, set(by_digest))
     changes: dict[Step, Change] = {}
-    kept: set[str] = set()
-    for step in steps:
-        if step.kind is not StepKind.DELETE_MANIFEST:
-            continue
-        change = _check(step, current.get(step.digest), users, kept)
+    for step in by_digest.values():
+        change = _check(step, current.get(step.digest), users)
         if change is not None:
             changes[step] = change
-            kept.add(step.digest)
+    waited_for_by: dict[str, list[Step]] = {}
+    for step in by_digest.values():
+        for digest in step.after:
+            waited_for_by.setdefault(digest, []).append(step)
+    todo = [s.digest for s in changes]
+    while todo:
+        digest = todo.pop()
+        for change_step, change in _spread(by_digest[digest], current, waited_for_by, by_digest):
+            if change_step not in changes:
+                changes[change_step] = change
+                todo.append(change_step.digest)
     return changes
+
+
+def _spread(
+    kept: Step,
+    current: Mapping[str, Manifest],
+    waited_for_by: Mapping[str, list[Step]],
+    by_digest: Mapping[str, Step],
+) -> Iterable[tuple[Step, Change]]:
+    """What keeping `kept` keeps too: what it waits for, and a subject it is attached to."""
+    for digest in kept.after:
+        yield (
+            by_digest[digest],
+            Change(Adjustment.KEPT, f"{kept.digest} is kept, so this manifest stays with it"),
+        )
+    for parent in waited_for_by.get(kept.digest, ()):
+        now = current.get(parent.digest)
+        children = set(now.references) if now is not None else set()
+        if kept.digest not in children:  # a referrer of `parent`, not a platform manifest
+            yield parent, _tags_only(parent, f"{kept.digest}, attached to it, is kept")
 
 
 def _users(current: Mapping[str, Manifest], deleting: set[str]) -> dict[str, str]:
@@ -71,12 +104,7 @@ def _users(current: Mapping[str, Manifest], deleting: set[str]) -> dict[str, str
     return users
 
 
-def _check(
-    step: Step, now: Manifest | None, users: Mapping[str, str], kept: set[str]
-) -> Change | None:
-    waits_for = next((d for d in step.after if d in kept), None)
-    if waits_for is not None:
-        return Change(Adjustment.KEPT, f"{waits_for} is kept, so this manifest stays with it")
+def _check(step: Step, now: Manifest | None, users: Mapping[str, str]) -> Change | None:
     if now is None:
         return None
     if not now.delete_enabled:

@@ -285,6 +285,9 @@ async def _recheck(registry: Registry, repository: RepositoryPlan) -> dict[Step,
     }
 
 
+_CLEARS_THE_WAY = frozenset({Outcome.DONE, Outcome.KEPT, Outcome.LOCKED})
+"""Outcomes of a step after which the steps waiting for it may run."""
+
 _STEP, _RECHECK, _END = 0, 1, 2
 """Work priorities: ready deletions first, so a repository is re-read as late as possible."""
 
@@ -292,14 +295,15 @@ _Work = tuple[int, int, Step | RepositoryPlan | None]
 
 
 class _Executor:
-    """Every repository's steps in one pool of workers: parents before what waits for them.
+    """Every repository's steps in one pool of workers: leaves before what waits for them.
 
     A repository with manifest deletions is re-read first (`_recheck`); its steps become ready
     only then, with the changes the re-read decided: TAGS_ONLY steps delete their tags instead
     of the manifest, KEPT, LOCKED and SKIPPED ones are settled without a request. Ready
     deletions go before re-reads, so the re-read of a repository happens close to its own
-    deletions, and no repository waits for another's. A step waiting for a manifest that was
-    not deleted is skipped, unless its change already keeps it.
+    deletions, and no repository waits for another's. A step waiting for a manifest whose
+    deletion failed is skipped (its tags stay for the next run), unless its change already
+    decided it.
     """
 
     def __init__(
@@ -347,8 +351,10 @@ class _Executor:
         self._remaining -= 1
         if self._state is not None:
             self._state.steps_done += 1
-        done = result.outcome is Outcome.DONE
-        for dependant in self._graph.settled(result.step, done, exempt=self._changes):
+        # A manifest kept on purpose (used elsewhere, locked) lets its index go; a failure
+        # does not: the index keeps its tags, and the next run retries both.
+        cleared = result.outcome in _CLEARS_THE_WAY
+        for dependant in self._graph.settled(result.step, cleared, exempt=self._changes):
             self._put(_STEP, dependant)
         for skipped in self._graph.take_blocked():
             self._settle(StepResult(skipped, Outcome.SKIPPED, self._graph.blocker(skipped)))
@@ -429,7 +435,7 @@ class _StepGraph:
     # is never released as ready: take_blocked hands it over exactly once.
 
     def settled(
-        self, step: Step, succeeded: bool, exempt: Mapping[Step, object] | None = None
+        self, step: Step, cleared: bool, exempt: Mapping[Step, object] | None = None
     ) -> list[Step]:
         """The steps that became ready; steps that can no longer run go to the blocked list.
 
@@ -441,7 +447,7 @@ class _StepGraph:
         for dependant in self._dependants.pop((step.repository, step.digest), []):
             if dependant in self._blockers:
                 continue
-            if not succeeded and (exempt is None or dependant not in exempt):
+            if not cleared and (exempt is None or dependant not in exempt):
                 self._blockers[dependant] = f"deleting {step.target} did not succeed"
                 self._blocked.append(dependant)
                 continue

@@ -77,19 +77,11 @@ async def test_a_manifest_listing_that_broke_off_deletes_nothing_there(emulate: 
     assert not after.tags.keys() >= before.tags.keys()  # team/web was cleaned
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known limitation: deletions go parents first, so a platform manifest whose own "
-        "deletion failed after its index was deleted is left untagged, and the contract "
-        "tells later runs to leave untagged manifests alone (docs/reliability.md)"
-    ),
-)
-async def test_a_platform_manifest_left_by_a_failed_deletion_goes_in_the_next_run(
+async def test_a_platform_manifest_whose_deletion_failed_goes_in_the_next_run(
     emulate: Emulate,
 ):
-    """The index of a closed PR is deleted but one of its platform manifests is not: the
-    next run deletes that manifest too."""
+    """A platform manifest of a closed PR's index cannot be deleted: the index keeps its tag,
+    and the next run deletes both."""
     scenario = Scenario(
         images=(ImageSeed("team/api", ("PR3",), platforms=("linux/amd64", "linux/arm64")),),
         pull_requests=(closed(3),),

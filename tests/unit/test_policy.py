@@ -218,13 +218,13 @@ def test_delete_manifests_false_removes_tags_only():
     assert step_targets(p) == [(StepKind.DELETE_TAG, "PR1")]
 
 
-def test_an_index_is_deleted_before_its_platform_manifests():
-    """Deleting an index deletes its untagged platform manifests, each waiting for the index."""
+def test_an_index_is_deleted_after_its_platform_manifests():
+    """Deleting an index deletes its untagged platform manifests first; the index waits."""
     p = plan_of(
         listing("web/api", index(d1, "PR1", children=(d2, d3)), manifest(d2), manifest(d3)),
         states(pr(1, "completed")),
     )
-    assert [(s.digest, s.after) for s in p.steps] == [(d1, ()), (d2, (d1,)), (d3, (d1,))]
+    assert [(s.digest, s.after) for s in p.steps] == [(d2, ()), (d3, ()), (d1, (d2, d3))]
     assert p.manifests_deleted == 3
 
 
@@ -240,7 +240,7 @@ def test_a_platform_manifest_used_by_a_kept_index_stays():
         ),
         states(pr(1, "completed")),
     )
-    assert [s.digest for s in p.steps] == [d1, d2]
+    assert [s.digest for s in p.steps] == [d2, d1]
 
 
 def test_a_platform_manifest_used_by_an_untagged_index_stays():
@@ -275,8 +275,8 @@ def test_a_tagged_manifest_used_by_a_kept_index_loses_only_its_tag():
     assert step_targets(p) == [(StepKind.DELETE_TAG, "PR1")]
 
 
-def test_shared_platform_manifest_waits_for_both_indexes():
-    """A platform manifest of two deleted indexes waits for both."""
+def test_shared_platform_manifest_goes_before_both_indexes():
+    """A platform manifest of two deleted indexes goes first; both indexes wait for it."""
     p = plan_of(
         listing(
             "web/api",
@@ -286,11 +286,11 @@ def test_shared_platform_manifest_waits_for_both_indexes():
         ),
         states(pr(1, "completed"), pr(2, "completed")),
     )
-    assert [(s.digest, s.after) for s in p.steps] == [(d1, ()), (d2, ()), (d3, (d1, d2))]
+    assert [(s.digest, s.after) for s in p.steps] == [(d3, ()), (d1, (d3,)), (d2, (d3,))]
 
 
-def test_referrers_are_deleted_after_their_subject():
-    """A signature and its own referrer are deleted with the image, after it, in order."""
+def test_referrers_are_deleted_before_their_subject():
+    """A signature and its own referrer are deleted with the image, before it, in order."""
     p = plan_of(
         listing(
             "web/api",
@@ -300,7 +300,7 @@ def test_referrers_are_deleted_after_their_subject():
         ),
         states(pr(1, "completed")),
     )
-    assert [(s.digest, s.after) for s in p.steps] == [(d1, ()), (d2, (d1,)), (d3, (d2,))]
+    assert [(s.digest, s.after) for s in p.steps] == [(d3, ()), (d2, (d3,)), (d1, (d2,))]
     assert "attached to deleted manifest" in list(p.steps)[1].reason
 
 
@@ -373,7 +373,7 @@ def test_a_locked_platform_manifest_stays_while_its_index_goes():
         ),
         states(pr(1, "completed")),
     )
-    assert [s.digest for s in p.steps] == [d1, d3]
+    assert [s.digest for s in p.steps] == [d3, d1]
 
 
 def test_locks_do_not_hide_a_keeping_pull_request():

@@ -46,9 +46,9 @@ def test_a_manifest_locked_since_is_not_touched():
 def test_children_of_a_kept_index_stay():
     """When an index is kept, its platform manifests that waited for it are kept too."""
     steps = [
-        delete_manifest(d1, "PR1"),
-        delete_manifest(d2, after=(d1,)),
-        delete_manifest(d3, after=(d1,)),
+        delete_manifest(d2),
+        delete_manifest(d3),
+        delete_manifest(d1, "PR1", after=(d2, d3)),
     ]
     fresh = [index(d1, "PR1", "release", children=(d2, d3)), manifest(d2), manifest(d3)]
     assert adjustments(steps, fresh) == {
@@ -59,8 +59,8 @@ def test_children_of_a_kept_index_stay():
 
 
 def test_a_child_used_by_a_new_index_stays():
-    """A platform manifest that a newly pushed index uses is not deleted."""
-    steps = [delete_manifest(d1, "PR1"), delete_manifest(d2, after=(d1,))]
+    """A platform manifest that a newly pushed index uses is not deleted; its old index is."""
+    steps = [delete_manifest(d2), delete_manifest(d1, "PR1", after=(d2,))]
     fresh = [index(d1, "PR1", children=(d2,)), manifest(d2), index(d4, "v2", children=(d2,))]
     assert adjustments(steps, fresh) == {d2: Adjustment.KEPT}
 
@@ -68,12 +68,34 @@ def test_a_child_used_by_a_new_index_stays():
 def test_a_reference_from_another_doomed_index_does_not_keep_a_child():
     """Indexes that are deleted too do not count as users of a child."""
     steps = [
-        delete_manifest(d1, "PR1"),
-        delete_manifest(d3, "PR3"),
-        delete_manifest(d2, after=(d1, d3)),
+        delete_manifest(d2),
+        delete_manifest(d1, "PR1", after=(d2,)),
+        delete_manifest(d3, "PR3", after=(d2,)),
     ]
     fresh = [index(d1, "PR1", children=(d2,)), index(d3, "PR3", children=(d2,)), manifest(d2)]
     assert revalidate(steps, fresh) == {}
+
+
+def test_a_referrer_locked_since_keeps_its_subject():
+    """A signature locked after the plan stays, and so does the image it is attached to."""
+    steps = [delete_manifest(d2), delete_manifest(d1, "PR1", after=(d2,))]
+    fresh = [manifest(d1, "PR1"), manifest(d2, subject=d1, locked=True)]
+    assert adjustments(steps, fresh) == {d2: Adjustment.LOCKED, d1: Adjustment.TAGS_ONLY}
+
+
+def test_a_kept_index_keeps_nested_dependants():
+    """Keeping spreads down the whole chain of what waits: index, platform, signature."""
+    steps = [
+        delete_manifest(d3),
+        delete_manifest(d2, after=(d3,)),
+        delete_manifest(d1, "PR1", after=(d2,)),
+    ]
+    fresh = [index(d1, "PR1", "v1", children=(d2,)), manifest(d2), manifest(d3, subject=d2)]
+    assert adjustments(steps, fresh) == {
+        d1: Adjustment.TAGS_ONLY,
+        d2: Adjustment.KEPT,
+        d3: Adjustment.KEPT,
+    }
 
 
 def test_tag_steps_are_never_changed():

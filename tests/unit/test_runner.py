@@ -107,17 +107,33 @@ async def test_repositories_outside_the_filter_are_not_listed():
     assert registry.digests("other") == {d1}
 
 
-async def test_failed_index_deletion_skips_its_platform_manifests():
-    """When deleting an index fails, its children are not attempted (no broken kept image)."""
+async def test_failed_platform_manifest_deletion_keeps_its_index_for_the_next_run():
+    """A platform manifest that cannot be deleted keeps its index and tag; the next run ends it."""
     registry = FakeRegistry.of(
         listing("web/api", index(d1, "PR1", children=(d2, d3)), manifest(d2), manifest(d3))
     )
-    registry.failing = {f"web/api@{d1}"}
+    registry.failing = {f"web/api@{d2}"}
     pulls = FakePullRequests.of([pr(1, "completed")])
     result = await run_cleanup(settings(), registry, pulls, clock=clock)
-    assert registry.digests("web/api") == {d1, d2, d3}
+    assert registry.digests("web/api") == {d1, d2}
+    assert registry.tags("web/api") == {"PR1"}
     statuses = {step.digest: r.outcome for step, r in result.results.items()}
-    assert statuses == {d1: Outcome.FAILED, d2: Outcome.SKIPPED, d3: Outcome.SKIPPED}
+    assert statuses == {d2: Outcome.FAILED, d3: Outcome.DONE, d1: Outcome.SKIPPED}
+    registry.failing = set()
+    await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == set()
+
+
+async def test_failed_index_deletion_is_retried_by_the_next_run():
+    """An index whose own deletion failed keeps its tag, so the next run deletes it."""
+    registry = FakeRegistry.of(listing("web/api", index(d1, "PR1", children=(d2,)), manifest(d2)))
+    registry.failing = {f"web/api@{d1}"}
+    pulls = FakePullRequests.of([pr(1, "completed")])
+    await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.tags("web/api") == {"PR1"}
+    registry.failing = set()
+    await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == set()
 
 
 async def test_step_waiting_for_an_unplanned_manifest_is_skipped():
