@@ -306,15 +306,30 @@ class _Reader:
         return Secret(value)
 
     def refuse_unknown(self) -> None:
-        known = sorted(name for name in SETTING_DEFAULTS if name.startswith("CLEANUP_"))
+        """A misspelt setting of ours must not pass silently (a real run instead of a dry one,
+        an organization-wide lookup instead of one project).
+
+        Every unknown CLEANUP_ name is refused. AZURE_DEVOPS_ names are shared with other
+        tools (the Azure DevOps CLI's AZURE_DEVOPS_EXT_PAT, ...): one is refused only when it
+        is a near miss of ours.
+        """
+        known = sorted(name for name in SETTING_DEFAULTS if name.startswith(_OUR_PREFIXES))
         for name in sorted(self.environ):
-            if name in SETTING_DEFAULTS or not name.upper().startswith("CLEANUP_"):
+            upper = name.upper()
+            if name in SETTING_DEFAULTS or not upper.startswith(_OUR_PREFIXES):
                 continue
-            guesses = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+            if upper.startswith("AZURE_DEVOPS_EXT_"):  # the Azure DevOps CLI's own
+                continue
+            if not upper.startswith("CLEANUP_") and not difflib.get_close_matches(
+                upper, known, n=1, cutoff=0.85
+            ):
+                continue
+            guesses = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
             hint = f"did you mean {guesses[0]}?" if guesses else f"known: {', '.join(known)}"
             self.problems.append(f"{name} is an unknown setting; {hint}")
 
 
+_OUR_PREFIXES = ("CLEANUP_", "AZURE_DEVOPS_")
 _USERINFO = re.compile(r"(?<=://)[^/?#]*@")
 
 

@@ -464,16 +464,25 @@ def test_empty_optional_values_mean_unset():
         ("cleanup_dry_run", "CLEANUP_DRY_RUN"),
         ("CLEANUP_MAX_DELETION", "CLEANUP_MAX_DELETIONS"),
         ("CLEANUP_GRACE", "CLEANUP_GRACE_PERIOD"),
+        ("AZURE_DEVOPS_PROJCT", "AZURE_DEVOPS_PROJECT"),
+        ("AZURE_DEVOPS_ORG", "AZURE_DEVOPS_ORG_URL"),
     ],
 )
 def test_unknown_cleanup_settings_are_refused(name, guess):
-    """A misspelled CLEANUP_ setting stops the run and suggests the right name."""
+    """A misspelled CLEANUP_ or AZURE_DEVOPS_ setting stops the run and suggests the right name."""
     assert f"{name} is an unknown setting; did you mean {guess}?" in problem(**{name: "true"})
 
 
 def test_other_variables_are_ignored():
     """Variables outside the CLEANUP_ prefix are not ours to judge."""
-    load_settings(environment(PATH="/bin", AZURE_DEVOPS_EXT_PAT="x", IDENTITY_ENDPOINT="u"))
+    load_settings(
+        environment(
+            PATH="/bin",
+            AZURE_DEVOPS_EXT_PAT="x",
+            AZURE_DEVOPS_CACHE_DIR="/var/cache/ado",
+            IDENTITY_ENDPOINT="u",
+        )
+    )
 
 
 def test_ssl_cert_file_must_exist(tmp_path):
