@@ -46,7 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--json", action="store_true", help="print the report as JSON instead of a table"
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log every request decision to stderr"
+        "-v", "--verbose", action="store_true", help="log every deletion and re-read to stderr"
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)

@@ -71,6 +71,12 @@ async def run(
     run_id = run_id or new_run_id()
     mode = "dry run" if settings.dry_run else "real run"
     log.info("run %s: registry %s, %s", run_id, settings.registry, mode)
+    devops_with = "a PAT" if settings.pat is not None else "the same credential"
+    log.info(
+        "credential: %s for the registry, %s for Azure DevOps",
+        settings.credential_choice().describe(),
+        devops_with,
+    )
     async with AsyncExitStack() as stack:
         credential = credential_for(settings)
         stack.push_async_callback(credential.close)

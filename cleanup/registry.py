@@ -512,6 +512,23 @@ def is_locked(exc: BaseException) -> bool:
     return _status(exc) == LOCKED_STATUS or LOCKED_MESSAGE in _error_code(exc).lower()
 
 
+_REGISTRY_PATH = re.compile(r"^/(?:acr/|v2/|oauth2/(?:exchange|token)$)")
+
+
+def _answered_by_registry(exc: BaseException) -> bool:
+    """True when the error's HTTP answer came from the registry, not an identity endpoint."""
+    response = getattr(exc, "response", None)
+    request = getattr(response, "request", None)
+    url = getattr(request, "url", None)
+    return isinstance(url, str) and _REGISTRY_PATH.match(urlsplit(url).path) is not None
+
+
+def _first(exc: BaseException) -> str:
+    """The first line of an SDK message, short: azure-identity's run to many lines."""
+    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
 def translate(exc: BaseException, what: str) -> CleanupError:
     """Our error for an SDK error, naming what failed; never a secret."""
     status = _status(exc)
@@ -522,6 +539,10 @@ def translate(exc: BaseException, what: str) -> CleanupError:
     # "disallowed" is a lock to keep, not a refused credential that stops the run.
     if is_locked(exc):
         return LockedError(f"{what} is locked (deleteEnabled is false)")
+    if isinstance(exc, ClientAuthenticationError) and not _answered_by_registry(exc):
+        # The Azure credential (managed identity, service principal) got no token: say so,
+        # rather than blame the registry, which was never asked.
+        return AuthenticationError("the Azure credential", f"no token for {what}: {_first(exc)}")
     if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
         return AuthenticationError(SERVICE_NAME, detail)
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)) and status is None:

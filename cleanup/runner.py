@@ -266,6 +266,7 @@ async def _recheck(registry: Registry, repository: RepositoryPlan) -> dict[Step,
         return {}
     try:
         fresh = await registry.list_manifests(repository.repository)
+        log.debug("re-read %s: %d manifests", repository.repository, len(fresh))
     except (RegistryOperationError, StopRunError) as exc:
         log.warning("re-reading %s before deleting failed: %s", repository.repository, exc)
         message = f"could not re-read the repository just before deleting: {exc}"
@@ -395,6 +396,7 @@ async def _delete(registry: Registry, step: Step) -> StepResult:
         # Mid-deletion, a refused credential or a lost connection fails this step only.
         log.warning("deleting %s failed: %s", step.target, exc)
         return StepResult(step, Outcome.FAILED, str(exc))
+    log.debug("deleted %s (%s)", step.target, step.reason)
     return StepResult(step, Outcome.DONE)
 
 

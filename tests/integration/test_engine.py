@@ -234,3 +234,15 @@ async def test_a_tagged_signature_keeps_the_image_it_is_attached_to(identity_env
     assert not state.has_tag("team/api", "PR5")
     assert state.has_manifest("team/api", digest), "ACR would delete the tagged SBOM with it"
     assert state.has_tag("team/api", "sbom-v1")
+
+
+async def test_a_managed_identity_that_refuses_is_named_not_the_registry(
+    demo: Emulators, monkeypatch: pytest.MonkeyPatch
+):
+    """When the identity endpoint gives no token, the stop names the credential, exit 3."""
+    monkeypatch.setenv("IDENTITY_HEADER", "not-the-header")
+    report = await run(settings_for(demo))
+    assert report.exit_code == 3
+    assert report.stopped is not None
+    assert report.stopped.startswith("the Azure credential refused the credential")
+    assert demo.log.count(service="acr", method="DELETE") == 0
