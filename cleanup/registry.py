@@ -101,7 +101,7 @@ IMAGE_CONFIG_MEDIA_TYPES = frozenset(
         "application/vnd.docker.container.image.v1+json",
     }
 )
-# ACR documents this message for locked images; the status is unverified (see NOTES), so a
+# ACR documents this message for locked images; the status is unverified against real ACR, so a
 # lock is recognised by either.
 LOCKED_STATUS = 405
 LOCKED_MESSAGE = "operation is disallowed on this registry, repository or image"

@@ -1,8 +1,8 @@
 """Azure Container Registry's data plane (API 2021-07-01) as an aiohttp application.
 
 Faithful where a client can tell: the challenge flow, scope-bound tokens, paging, bodies, field
-names, status codes and error bodies of `../shared/specs/acr-data-plane-2021-07-01.json` and
-`../shared/NOTES.md`. Serve it over HTTPS (the SDK refuses bearer tokens over http).
+names, status codes and error bodies of `specs/acr-data-plane-2021-07-01.json` and
+the registry's observed behaviour. Serve it over HTTPS (the SDK refuses bearer tokens over http).
 
 Routes (named for the request log and fault rules), with the scope each needs:
 
@@ -88,7 +88,7 @@ OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 NOTARY_SIGNATURE = "application/vnd.cncf.notary.signature"
 INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 
-# The answer to deleting a locked tag or manifest (unverified in NOTES; see module docstring).
+# The answer to deleting a locked tag or manifest (unverified against real ACR; see above).
 LOCKED_STATUS = 405
 LOCKED_ERROR = {
     "code": "UNSUPPORTED",

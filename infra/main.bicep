@@ -44,7 +44,7 @@ param registryPermissionMode string = 'rbac'
 param identityType string = 'UserAssigned'
 
 // ---------------------------------------------------------------------------------------------
-// The product's settings (CONTRACT.md): same names, same defaults, one parameter each.
+// The product's settings (docs/contract.md): same names, same defaults, one parameter each.
 // CLEANUP_REGISTRY comes from the registry, AZURE_CLIENT_ID from the identity.
 // AZURE_TENANT_ID / AZURE_CLIENT_SECRET are never set (managed identity only), nor is
 // SSL_CERT_FILE (Azure's endpoints chain to public CAs).

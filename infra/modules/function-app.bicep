@@ -26,7 +26,7 @@ param userAssignedIdentityId string = ''
 @description('Client id of the user-assigned identity; empty for a system-assigned one.')
 param userAssignedIdentityClientId string = ''
 
-@description('The product\'s own settings (CONTRACT.md), already resolved by main.bicep.')
+@description('The product\'s own settings (docs/contract.md), already resolved by main.bicep.')
 param productSettings object
 
 @minValue(40)

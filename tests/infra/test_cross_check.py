@@ -1,4 +1,4 @@
-"""The templates against the code and the role table of ../shared/NOTES.md.
+"""The templates against the code and Azure's built-in role ids.
 
 Every setting the product reads is set by main.bicep with the product's own default, and the
 identity gets exactly the built-in roles it needs, each on the one resource it concerns.
@@ -26,8 +26,7 @@ from tests.infra.bicep import (
 
 pytestmark = pytest.mark.infra
 
-# Built-in role ids: ../shared/NOTES.md ("Built-in role ids"), plus Key Vault Secrets User for
-# the PAT's vault (the infrastructure issue).
+# Azure's built-in role ids, plus Key Vault Secrets User for the PAT's vault.
 BUILT_IN_ROLES = {
     "7f951dda-4ed3-4680-a7ca-43fe172d538d": "AcrPull",
     "c2f4ef07-c644-48eb-af81-4b1b4947fb11": "AcrDelete",

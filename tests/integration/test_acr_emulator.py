@@ -31,9 +31,7 @@ from emulators.scenario import ScenarioBuilder
 
 pytestmark = pytest.mark.integration
 
-SPEC_PATH = (
-    Path(__file__).resolve().parents[3] / "shared" / "specs" / "acr-data-plane-2021-07-01.json"
-)
+SPEC_PATH = Path(__file__).resolve().parents[2] / "specs" / "acr-data-plane-2021-07-01.json"
 SPEC: dict[str, Any] = json.loads(SPEC_PATH.read_text())
 _REGISTRY: Registry[Any] = Registry().with_resource("spec", Resource.opaque(SPEC))
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z$")

@@ -20,7 +20,7 @@ from emulators.harness import Knobs, RequestLog, ServiceThread, TestCA
 pytestmark = pytest.mark.integration
 
 PAT = "emulated-pat-0123456789"
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "specs" / "azure-devops-git-7.1.json"
+SPEC = Path(__file__).resolve().parents[2] / "specs" / "azure-devops-git-7.1.json"
 SUPPRESS = {"X-TFS-FedAuthRedirect": "Suppress"}
 
 
