@@ -116,13 +116,15 @@ def test_every_setting_a_binding_names_is_a_documented_required_app_setting(func
 
 
 def test_the_sample_settings_name_every_product_setting():
-    """local.settings.sample.json lists every setting, Azurite as storage, the Python worker."""
+    """The sample lists every setting, Azurite as storage, the Python worker, no credentials."""
     sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
     assert set(SETTING_DEFAULTS) <= set(sample)
     assert sample["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
     assert sample["FUNCTIONS_WORKER_RUNTIME"] == "python"
-    for secret in ("AZURE_DEVOPS_PAT", "AZURE_CLIENT_SECRET"):
-        assert sample[secret].startswith("<"), f"{secret} must be a placeholder"
+    # No secret in the sample, and no placeholder either: a placeholder would be taken for a
+    # value (a service principal with a bogus secret instead of the managed identity).
+    for name in ("AZURE_DEVOPS_PAT", "AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET"):
+        assert sample[name] == "", f"{name} must be empty in the sample"
 
 
 def test_host_json_fits_flex_consumption_and_one_run_at_a_time():

@@ -121,21 +121,22 @@ def test_a_failed_deletion_is_failed_and_exits_1():
     assert report.errors == (ReportError(f"manifest:web/api@{d1}", "HTTP 500"),)
 
 
-def test_a_skipped_child_is_an_error():
-    """A platform manifest skipped because its index failed is reported as an error."""
+def test_a_skipped_index_is_an_error():
+    """An index skipped because its platform manifest failed is reported, and so is its tag."""
     p = plan_of(
         listing("web/api", index(d1, "PR1", children=(d2,)), manifest(d2)),
         states(pr(1, "completed")),
     )
-    parent, child = list(p.steps)
+    child, parent = list(p.steps)
     report = report_of(
         p,
         [
-            *results_for([parent], Outcome.FAILED, "HTTP 503"),
-            *results_for([child], Outcome.SKIPPED),
+            *results_for([child], Outcome.FAILED, "HTTP 503"),
+            *results_for([parent], Outcome.SKIPPED),
         ],
     )
-    assert [e.scope for e in report.errors] == [f"manifest:web/api@{d1}", f"manifest:web/api@{d2}"]
+    assert [e.scope for e in report.errors] == [f"manifest:web/api@{d2}", f"manifest:web/api@{d1}"]
+    assert [a.action for a in report.actions] == ["failed"]
     assert report.exit_code == 1
 
 
