@@ -93,6 +93,25 @@ class ReportAction:
 
 
 @dataclass(frozen=True, slots=True)
+class ManifestAction:
+    """One manifest the plan deletes (with its tags, or as a platform manifest or referrer)."""
+
+    repository: str
+    digest: str
+    action: str
+    """`delete` (done, or planned in a dry run), `keep` or `failed`."""
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "repository": self.repository,
+            "digest": self.digest,
+            "action": self.action,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     repositories: int = 0
     tags_scanned: int = 0
@@ -136,6 +155,8 @@ class Report:
     summary: Summary = field(default_factory=Summary)
     actions: tuple[ReportAction, ...] = ()
     """Sorted by (repository, tag)."""
+    manifests: tuple[ManifestAction, ...] = ()
+    """Every manifest deletion of the plan, in the order the plan runs them."""
     errors: tuple[ReportError, ...] = ()
     stopped: str | None = None
 
@@ -162,6 +183,7 @@ class Report:
             "registry": self.registry,
             "summary": summary,
             "actions": [action.to_dict() for action in self.actions],
+            "manifests": [manifest.to_dict() for manifest in self.manifests],
             "errors": [error.to_dict() for error in self.errors],
         }
 
@@ -206,7 +228,7 @@ def build_report(
         ReportError(f"pullRequest:{pull.id}", f"lookup failed: {pull.error or 'no answer'}")
         for pull in plan.lookup_failures
     ]
-    manifests_deleted = 0
+    audit: list[ManifestAction] = []
     held: set[tuple[str, StepKind, str, str | None]] = set()
     """Steps kept by a lock: LOCKED, or SKIPPED only because what they wait for is held."""
     for repository in plan.repositories:
@@ -223,10 +245,8 @@ def build_report(
                 steps_by_tag[(step.repository, tag_name)] = step
             result = outcomes.get(_step_key(step))
             outcome = result.outcome if result else Outcome.NOT_EXECUTED
-            if step.kind is StepKind.DELETE_MANIFEST and (
-                outcome is Outcome.DONE or (dry_run and outcome is Outcome.NOT_EXECUTED)
-            ):
-                manifests_deleted += 1
+            if step.kind is StepKind.DELETE_MANIFEST:
+                audit.append(_manifest_action(step, result, dry_run=dry_run, stopped=stopped))
             if outcome is Outcome.SKIPPED and step.after and set(step.after) <= locked_digests:
                 outcome = Outcome.LOCKED
             if outcome is Outcome.LOCKED:
@@ -275,7 +295,7 @@ def build_report(
         deleted=counts["delete"],
         kept=counts["keep"],
         failed=counts["failed"],
-        manifests_deleted=manifests_deleted,
+        manifests_deleted=sum(1 for m in audit if m.action == "delete"),
         locked=locked,
     )
     return Report(
@@ -286,9 +306,28 @@ def build_report(
         registry=registry,
         summary=summary,
         actions=tuple(actions),
+        manifests=tuple(audit),
         errors=tuple(all_errors),
         stopped=stopped,
     )
+
+
+def _manifest_action(
+    step: Step, result: StepResult | None, *, dry_run: bool, stopped: str | None
+) -> ManifestAction:
+    outcome = result.outcome if result is not None else Outcome.NOT_EXECUTED
+    if outcome is Outcome.DONE or (dry_run and outcome is Outcome.NOT_EXECUTED):
+        action, reason = "delete", step.reason
+    elif outcome in (Outcome.FAILED, Outcome.SKIPPED):
+        assert result is not None  # noqa: S101 - only a result can fail  # nosec B101
+        action, reason = "failed", f"{step.reason}; {_failure(result)}"
+    elif outcome is Outcome.NOT_EXECUTED:
+        why = "the run stopped" if stopped is not None else "not executed"
+        action, reason = "keep", f"{step.reason}; not deleted: {why}"
+    else:  # TAGS_ONLY, KEPT, LOCKED: kept on purpose
+        detail = result.message if result is not None and result.message else outcome.value
+        action, reason = "keep", f"{step.reason}; not deleted: {detail}"
+    return ManifestAction(step.repository, step.digest, action, reason)
 
 
 def _failure(result: StepResult) -> str:
@@ -356,8 +395,40 @@ def _render_text(report: Report) -> str:
         f"({s.locked} locked); failed: {s.failed}",
         "",
     ]
-    rows = [("REPOSITORY", "TAG", "PR", "STATUS", "ACTION", "REASON")]
     label = {"delete": would, "keep": "keep", "failed": "FAILED"}
+    lines += _action_table(report, label)
+    lines += _manifest_table(report, label)
+    if report.errors:
+        lines += ["", f"Errors ({len(report.errors)}):"]
+        lines += [f"  {_clean(e.scope)}: {_clean(e.message)}" for e in report.errors]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Aligned columns, the last one free."""
+    last = len(rows[0]) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(last)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        + "  "
+        + row[last]
+        for row in rows
+    ]
+
+
+def _manifest_table(report: Report, label: dict[str, str]) -> list[str]:
+    if not report.manifests:
+        return []
+    rows: list[tuple[str, ...]] = [("REPOSITORY", "MANIFEST", "ACTION", "REASON")]
+    rows += [
+        (_clean(m.repository), m.digest[:19], label[m.action], _clean(m.reason))
+        for m in report.manifests
+    ]
+    return ["", *_table(rows)]
+
+
+def _action_table(report: Report, label: dict[str, str]) -> list[str]:
+    rows: list[tuple[str, ...]] = [("REPOSITORY", "TAG", "PR", "STATUS", "ACTION", "REASON")]
     rows += [
         (
             _clean(a.repository),
@@ -370,23 +441,13 @@ def _render_text(report: Report) -> str:
         for a in report.actions
     ]
     if len(rows) == 1:
-        lines.append("No pull-request tags found.")
-    else:
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        lines += [
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-            + "  "
-            + row[5]
-            for row in rows
-        ]
-    if report.errors:
-        lines += ["", f"Errors ({len(report.errors)}):"]
-        lines += [f"  {_clean(e.scope)}: {_clean(e.message)}" for e in report.errors]
-    return "\n".join(line.rstrip() for line in lines) + "\n"
+        return ["No pull-request tags found."]
+    return _table(rows)
 
 
 __all__ = [
     "SCHEMA_VERSION",
+    "ManifestAction",
     "Outcome",
     "Report",
     "ReportAction",

@@ -66,7 +66,7 @@ def main() -> int:
             say(f"  {name}={'***' if name in SECRET_SETTINGS else value}")
         heading("The registry before the cleanup")
         show_registry(emulators)
-        heading("The pull requests Azure DevOps knows (project 'web')")
+        heading("The pull requests Azure DevOps knows (the job looks them up in project 'web')")
         show_pull_requests(emulators)
         heading("1. A dry run: what would be deleted, and why")
         run_cleanup(environment, "--dry-run")

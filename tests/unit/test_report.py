@@ -58,6 +58,7 @@ def test_json_has_the_contract_shape():
         "registry",
         "summary",
         "actions",
+        "manifests",
         "errors",
     ]
     assert (data["schemaVersion"], data["startedAt"], data["finishedAt"]) == (
@@ -74,6 +75,32 @@ def test_json_has_the_contract_shape():
         "action": "delete",
         "reason": "pull request completed 2026-11-30",
     }
+
+
+def test_every_manifest_deletion_is_listed_with_its_outcome():
+    """`manifests` lists each planned manifest deletion: done, failed, or kept on purpose."""
+    p = plan_of(
+        listing("web/api", index(d1, "PR1", children=(d2, d3)), manifest(d2), manifest(d3)),
+        states(pr(1, "completed")),
+    )
+    d2_step, d3_step, d1_step = list(p.steps)
+    report = report_of(
+        p,
+        [
+            StepResult(d2_step, Outcome.DONE),
+            StepResult(d3_step, Outcome.KEPT, "another index uses it"),
+            StepResult(d1_step, Outcome.DONE),
+        ],
+    )
+    manifests = report.to_dict()["manifests"]
+    assert [(m["digest"], m["action"]) for m in manifests] == [
+        (d2, "delete"),
+        (d3, "keep"),
+        (d1, "delete"),
+    ]
+    assert "platform manifest of deleted index" in manifests[0]["reason"]
+    assert "another index uses it" in manifests[1]["reason"]
+    assert report.summary.manifests_deleted == 2
 
 
 def test_summary_counts_a_successful_run():
