@@ -20,7 +20,13 @@ from typing import TypeVar
 from opentelemetry import trace
 
 from cleanup import policy
-from cleanup.errors import LockedError, RegistryOperationError, SafetyCapError, StopRunError
+from cleanup.errors import (
+    CleanupError,
+    LockedError,
+    RegistryOperationError,
+    SafetyCapError,
+    StopRunError,
+)
 from cleanup.model import PullRequest, PullRequests, PullRequestStatus, Registry, RepositoryListing
 from cleanup.policy import Plan, RepositoryPlan, Step, StepKind
 from cleanup.report import Outcome, StepResult
@@ -267,9 +273,10 @@ async def _recheck(registry: Registry, repository: RepositoryPlan) -> dict[Step,
     try:
         fresh = await registry.list_manifests(repository.repository)
         log.debug("re-read %s: %d manifests", repository.repository, len(fresh))
-    except (RegistryOperationError, StopRunError) as exc:
-        log.warning("re-reading %s before deleting failed: %s", repository.repository, exc)
-        message = f"could not re-read the repository just before deleting: {exc}"
+    except Exception as exc:  # noqa: BLE001 - whatever the cause, no manifest goes unchecked
+        detail = str(exc) if isinstance(exc, CleanupError) else type(exc).__name__
+        log.warning("re-reading %s before deleting failed: %s", repository.repository, detail)
+        message = f"could not re-read the repository just before deleting: {detail}"
         return {
             s: StepResult(s, Outcome.SKIPPED, message)
             for s in repository.steps

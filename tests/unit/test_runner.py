@@ -235,3 +235,21 @@ async def test_no_manifest_is_deleted_when_the_repository_cannot_be_re_read():
     assert not any(c.startswith("delete") for c in registry.calls)
     [(_, outcome)] = result.results.items()
     assert outcome.outcome is Outcome.SKIPPED
+
+
+class BrokenRereadRegistry(FakeRegistry):
+    async def list_manifests(self, repository: str):
+        raise KeyError("digest")
+
+
+async def test_an_unexpected_error_in_the_re_read_keeps_every_manifest():
+    """Whatever breaks the re-read, the repository's manifests stay; tag deletions go on."""
+    registry = BrokenRereadRegistry.of(
+        listing("web/api", manifest(d1, "PR1"), manifest(d2, "PR2", "latest"))
+    )
+    pulls = FakePullRequests.of([pr(1, "completed"), pr(2, "completed")])
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == {d1, d2}
+    assert registry.tags("web/api") == {"PR1", "latest"}
+    outcomes = {step.digest: r.outcome for step, r in result.results.items()}
+    assert outcomes == {d1: Outcome.SKIPPED, d2: Outcome.DONE}
