@@ -727,7 +727,11 @@ class AcrRegistry:
         pipeline: token cache, in-flight limit, retries and the SDK's challenge policy.
         """
         url: str | None = self._url(path)
+        seen: set[str] = set()
         while url is not None:
+            if url in seen:
+                raise DecodeError(f"{path}: the registry's next page is one already read")
+            seen.add(url)
             request = HttpRequest("GET", url, headers={"Accept": "application/json"})
             # The generated client's send_request runs a request through the SDK's pipeline.
             response = await client._client.send_request(request)
