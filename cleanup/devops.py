@@ -275,7 +275,7 @@ class AzureDevOpsPullRequests:
     # --- the protocol ----------------------------------------------------------------------
 
     async def check_access(self) -> None:
-        """With a project: list its active pull requests (proving credential and project)."""
+        """With a project: list its pull requests, any status (proves credential and project)."""
         if self._project is None:
             return
         url = f"{self._org_url}/{quote(self._project, safe='')}/_apis/git/pullrequests"
@@ -290,7 +290,7 @@ class AzureDevOpsPullRequests:
             except _GaveUp as exc:
                 if page == 0:
                     raise ServiceUnreachableError(SERVICE, exc.reason) from None
-                log.warning("listing active pull requests stopped at page %d: %s", page + 1, exc)
+                log.warning("listing pull requests stopped at page %d: %s", page + 1, exc)
                 return
             if answer.status == 404 and _is_project_missing(answer.body):
                 raise ProjectNotFoundError(self._project)

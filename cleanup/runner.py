@@ -273,6 +273,7 @@ async def _recheck(registry: Registry, repository: RepositoryPlan) -> dict[Step,
     try:
         fresh = await registry.list_manifests(repository.repository)
         log.debug("re-read %s: %d manifests", repository.repository, len(fresh))
+        changes = revalidate(repository.steps, fresh)
     except Exception as exc:  # noqa: BLE001 - whatever the cause, no manifest goes unchecked
         detail = str(exc) if isinstance(exc, CleanupError) else type(exc).__name__
         log.warning("re-reading %s before deleting failed: %s", repository.repository, detail)
@@ -289,12 +290,12 @@ async def _recheck(registry: Registry, repository: RepositoryPlan) -> dict[Step,
     }
     return {
         step: StepResult(step, outcome[change.adjustment], change.reason)
-        for step, change in revalidate(repository.steps, fresh).items()
+        for step, change in changes.items()
     }
 
 
-_CLEARS_THE_WAY = frozenset({Outcome.DONE, Outcome.KEPT, Outcome.LOCKED})
-"""Outcomes of a step after which the steps waiting for it may run."""
+_KEPT_ON_PURPOSE = frozenset({Outcome.KEPT, Outcome.TAGS_ONLY, Outcome.LOCKED})
+"""Outcomes the re-read decides: the manifest stays because something needs it."""
 
 _STEP, _RECHECK, _END = 0, 1, 2
 """Work priorities: ready deletions first, so a repository is re-read as late as possible."""
@@ -359,9 +360,13 @@ class _Executor:
         self._remaining -= 1
         if self._state is not None:
             self._state.steps_done += 1
-        # A manifest kept on purpose (used elsewhere, locked) lets its index go; a failure
-        # does not: the index keeps its tags, and the next run retries both.
-        cleared = result.outcome in _CLEARS_THE_WAY
+        # What waits for a step may run once it is deleted, or once the re-read decided to
+        # keep it (a platform manifest another index uses lets its old index go; for a kept
+        # signature the re-read already keeps the image). Anything else, a lock found only
+        # now included, holds what waits: its tags stay, and the next run plans it anew.
+        cleared = result.outcome is Outcome.DONE or (
+            result.step in self._changes and result.outcome in _KEPT_ON_PURPOSE
+        )
         for dependant in self._graph.settled(result.step, cleared, exempt=self._changes):
             self._put(_STEP, dependant)
         for skipped in self._graph.take_blocked():
@@ -403,6 +408,9 @@ async def _delete(registry: Registry, step: Step) -> StepResult:
         # Mid-deletion, a refused credential or a lost connection fails this step only.
         log.warning("deleting %s failed: %s", step.target, exc)
         return StepResult(step, Outcome.FAILED, str(exc))
+    except Exception as exc:  # noqa: BLE001 - an unexpected answer fails this step, closed
+        log.warning("deleting %s failed: %s", step.target, type(exc).__name__)
+        return StepResult(step, Outcome.FAILED, f"unexpected {type(exc).__name__}")
     log.debug("deleted %s (%s)", step.target, step.reason)
     return StepResult(step, Outcome.DONE)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cleanup.errors import RegistryOperationError
+from cleanup.errors import LockedError, RegistryOperationError
 from cleanup.model import RepositoryListing
 from cleanup.policy import RepositoryPlan, Step, StepKind
 from cleanup.report import Outcome
@@ -253,3 +253,41 @@ async def test_an_unexpected_error_in_the_re_read_keeps_every_manifest():
     assert registry.tags("web/api") == {"PR1", "latest"}
     outcomes = {step.digest: r.outcome for step, r in result.results.items()}
     assert outcomes == {d1: Outcome.SKIPPED, d2: Outcome.DONE}
+
+
+class LocksAtDeletion(FakeRegistry):
+    """The registry refuses one manifest as locked, though the re-read showed it unlocked."""
+
+    locked_now: str = ""
+
+    async def delete_manifest(self, repository: str, digest: str) -> None:
+        if digest == self.locked_now:
+            self.calls.append(f"delete {repository}@{digest}")
+            raise LockedError(f"{repository}@{digest} is locked")
+        await super().delete_manifest(repository, digest)
+
+
+async def test_a_signature_found_locked_at_deletion_keeps_its_image():
+    """A referrer refused as locked only when deleted holds its subject, which keeps its tag."""
+    registry = LocksAtDeletion.of(listing("web/api", manifest(d1, "PR1"), manifest(d2, subject=d1)))
+    registry.locked_now = d2
+    pulls = FakePullRequests.of([pr(1, "completed")])
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == {d1, d2}
+    assert registry.tags("web/api") == {"PR1"}
+    outcomes = {step.digest: r.outcome for step, r in result.results.items()}
+    assert outcomes == {d2: Outcome.LOCKED, d1: Outcome.SKIPPED}
+
+
+async def test_a_platform_manifest_tagged_since_lets_its_index_go():
+    """A platform manifest tagged after the plan keeps its manifest; the old index still goes."""
+    registry = ChangingRegistry.of(
+        listing("web/api", index(d1, "PR1", children=(d2,)), manifest(d2, "PR2"))
+    )
+    registry.change = retag("web/api", d2, "v1")
+    pulls = FakePullRequests.of([pr(1, "completed"), pr(2, "completed")])
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.digests("web/api") == {d2}
+    assert registry.tags("web/api") == {"v1"}
+    outcomes = {step.digest: r.outcome for step, r in result.results.items()}
+    assert outcomes == {d2: Outcome.TAGS_ONLY, d1: Outcome.DONE}
