@@ -92,8 +92,9 @@ class Registry(Protocol):
     async def list_manifests(self, repository: str) -> tuple[Manifest, ...]:
         """The repository's manifests as they are now (tags, index children, locks).
 
-        Read just before deleting manifests, to catch what changed since the plan. Subjects
-        are not filled in. Raises like list_repository, or RegistryOperationError.
+        Read just before deleting manifests, to catch what changed since the plan: filled in
+        like list_repository's (referrers' subjects, index children). Raises like
+        list_repository, or RegistryOperationError.
         """
         ...
 

@@ -797,7 +797,10 @@ class AcrRegistry:
     async def list_manifests(self, repository: str) -> tuple[Manifest, ...]:
         client = await self._sdk()
         try:
-            return tuple(await self._manifests(client, repository))
+            raw = await self._raw_manifests(client, repository)
+            manifests = [_manifest(repository, item) for item in raw]
+            artifacts = frozenset(str(item["digest"]) for item in raw if _is_artifact(item))
+            return tuple(await self._fill_in(client, repository, manifests, artifacts))
         except AzureError as exc:
             raise translate(exc, f"listing the manifests of {repository}") from None
 

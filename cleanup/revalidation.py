@@ -9,7 +9,8 @@ manifest deletion is checked against a fresh listing of its repository first:
 - a manifest that now carries a tag the plan does not remove is kept; only the plan's
   pull-request tags are removed from it (`TAGS_ONLY`);
 - a manifest that is now locked is kept with its tags (`LOCKED`);
-- a manifest that a manifest outside the deletion set now references (a new index) is kept,
+- a manifest that a manifest outside the deletion set now uses (a new index that lists it, a
+  new signature attached to it) is kept,
   its planned tags removed (`TAGS_ONLY`), or left alone when it has none (`KEPT`);
 - what a kept manifest waits for (the platform manifests of a kept index, the referrers of a
   kept subject) is kept too (`KEPT`), and a subject whose referrer is kept keeps its manifest
@@ -94,13 +95,16 @@ def _spread(
 
 
 def _users(current: Mapping[str, Manifest], deleting: set[str]) -> dict[str, str]:
-    """digest -> a manifest outside the deletion set that references it now."""
+    """digest -> a manifest outside the deletion set that uses it now: an index that lists it,
+    or a signature or SBOM attached to it."""
     users: dict[str, str] = {}
     for manifest in current.values():
         if manifest.digest in deleting:
             continue
         for child in manifest.references:
             users.setdefault(child, manifest.digest)
+        if manifest.subject is not None:
+            users.setdefault(manifest.subject, manifest.digest)
     return users
 
 

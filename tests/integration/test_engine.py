@@ -246,3 +246,29 @@ async def test_a_managed_identity_that_refuses_is_named_not_the_registry(
     assert report.stopped is not None
     assert report.stopped.startswith("the Azure credential refused the credential")
     assert demo.log.count(service="acr", method="DELETE") == 0
+
+
+async def test_a_signature_pushed_during_the_run_keeps_its_image(demo: Emulators):
+    """A signature attached to a PR image between the plan and the deletions keeps the image."""
+    state = demo.acr.state
+    digest = state.resolve("team/web", "pr-1260")
+    pushed: list[str] = []
+
+    def sign(progress: Progress) -> None:
+        if progress.phase == "deleting" and not pushed:
+            demo.acr.call(
+                lambda: pushed.append(
+                    state.add_image(
+                        "team/web",
+                        subject=digest,
+                        artifact_type="application/vnd.cncf.notary.signature",
+                    )
+                )
+            )
+
+    report = await run(settings_for(demo), progress=sign)
+    assert pushed
+    assert state.has_manifest("team/web", digest)
+    assert state.has_manifest("team/web", pushed[0])
+    assert not state.has_tag("team/web", "pr-1260")
+    assert report.exit_code == 0

@@ -98,6 +98,13 @@ def test_a_kept_index_keeps_nested_dependants():
     }
 
 
+def test_a_signature_pushed_since_keeps_its_image():
+    """A signature attached after the plan to an image the plan deletes keeps that image."""
+    steps = [delete_manifest(d1, "PR1")]
+    fresh = [manifest(d1, "PR1"), manifest(d2, subject=d1)]
+    assert adjustments(steps, fresh) == {d1: Adjustment.TAGS_ONLY}
+
+
 def test_tag_steps_are_never_changed():
     """Tag deletions are not re-checked: the tag is a closed pull request's by name."""
     steps = [Step(StepKind.DELETE_TAG, REPO, d1, tag="PR1", tags=("PR1",))]
