@@ -181,6 +181,13 @@ class AcrKnobs(Knobs):
 # --- state ---------------------------------------------------------------------------------
 
 
+def _apply_attributes(record: TagRecord | ManifestRecord, attributes: dict[str, bool]) -> None:
+    """PATCH semantics of changeableAttributes: only the attributes given change."""
+    for name in ("delete", "write", "read", "list"):
+        field_name = f"{name}_enabled"
+        setattr(record, field_name, attributes.get(f"{name}Enabled", getattr(record, field_name)))
+
+
 def format_time(value: datetime) -> str:
     """ACR's form: 7 fractional digits, `Z`."""
     value = value.astimezone(UTC)
@@ -1144,10 +1151,7 @@ def make_app(  # noqa: PLR0915 - one small closure per route reads better than a
         attributes = await read_attributes(request)
         with state._lock:
             record = _tag_record(name, tag)
-            record.delete_enabled = attributes.get("deleteEnabled", record.delete_enabled)
-            record.write_enabled = attributes.get("writeEnabled", record.write_enabled)
-            record.read_enabled = attributes.get("readEnabled", record.read_enabled)
-            record.list_enabled = attributes.get("listEnabled", record.list_enabled)
+            _apply_attributes(record, attributes)
             item = record.to_json()
         return web.json_response({"registry": service_of(request), "imageName": name, "tag": item})
 
@@ -1202,10 +1206,7 @@ def make_app(  # noqa: PLR0915 - one small closure per route reads better than a
         attributes = await read_attributes(request)
         with state._lock:
             record = _manifest_record(name, digest)
-            record.delete_enabled = attributes.get("deleteEnabled", record.delete_enabled)
-            record.write_enabled = attributes.get("writeEnabled", record.write_enabled)
-            record.read_enabled = attributes.get("readEnabled", record.read_enabled)
-            record.list_enabled = attributes.get("listEnabled", record.list_enabled)
+            _apply_attributes(record, attributes)
             item = record.to_json(state.get_repository(name).tags_of(digest))
         return web.json_response(
             {"registry": service_of(request), "imageName": name, "manifest": item}

@@ -110,18 +110,21 @@ async def test_a_dropped_token_request_is_retried(emulate: Emulate):
     assert emulators.acr.knobs.faults.injected == 2
 
 
-async def test_dropped_devops_connections_are_retried(emulate: Emulate):
-    """Azure DevOps closing connections on the listing and lookups: retried, all answered."""
-    expected = await fault_free(emulate, small_registry())
-    report, after, _ = await faulty_run(
-        emulate,
-        devops=(
-            FaultRule(route="devops.pr.list", kind="drop", times=1),
-            FaultRule(route="devops.pr.get", kind="drop", times=3),
-        ),
-    )
+@pytest.mark.parametrize(
+    ("rule", "overrides"),
+    [
+        (FaultRule(route="devops.pr.list", kind="drop", times=1), {}),
+        (FaultRule(route="devops.pr.get*", kind="drop", times=3), ONE_BY_ONE),
+    ],
+    ids=["project-listing", "one-by-one-lookups"],
+)
+async def test_dropped_devops_connections_are_retried(emulate: Emulate, rule, overrides):
+    """Azure DevOps closing connections on the listing or on lookups: retried, all answered."""
+    expected = await fault_free(emulate, small_registry(), **overrides)
+    report, after, emulators = await faulty_run(emulate, devops=(rule,), settings=overrides)
     assert report.exit_code == 0, report.render_text()
     assert after == expected
+    assert emulators.devops.knobs.faults.injected == rule.times
 
 
 async def test_responses_slower_than_the_timeout_are_retried(emulate: Emulate):
