@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
-from opentelemetry import trace
-
 from cleanup import policy
 from cleanup.errors import (
     CleanupError,
@@ -32,9 +30,9 @@ from cleanup.policy import Plan, RepositoryPlan, Step, StepKind
 from cleanup.report import Outcome, StepResult
 from cleanup.revalidation import Adjustment, revalidate
 from cleanup.settings import Settings
+from cleanup.telemetry import tracer
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("cleanup")
 
 _T = TypeVar("_T")
 

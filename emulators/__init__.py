@@ -91,7 +91,6 @@ class Emulators:
         self._acr: Service[AcrState, AcrKnobs] | None = None
         self._devops: Service[DevOpsState, Knobs] | None = None
         self._identity: Service[IdentityState, Knobs] | None = None
-        self._missing: dict[str, str] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -138,27 +137,13 @@ class Emulators:
         self._acr = Service("acr", state, self._acr_knobs, thread)
 
     def _start_devops(self) -> None:
-        try:
-            from emulators import devops
-        except ImportError as exc:  # the module is written alongside; the registry works without
-            self._missing["devops"] = str(exc)
-            return
+        from emulators import devops
+
         state = devops.DevOpsState(self.organization, pats=[self.pat])
         for project in self.scenario.projects:
             state.add_project(project)
         for pr in self.scenario.pull_requests:
-            state.add_pull_request(
-                pr.id,
-                status=pr.status,
-                project=pr.project,
-                repository=pr.repository,
-                is_draft=pr.is_draft,
-                created_at=pr.created_at,
-                closed_at=pr.closed_at,
-                title=pr.title or None,
-                source_ref=pr.source_ref,
-                target_ref=pr.target_ref,
-            )
+            state.add_seed(pr)
         app = devops.make_app(state, self._devops_knobs, self.log, self.issuer)
         thread = ServiceThread(
             app, ssl_context=self.ca.server_context(), port=self._ports.get("devops", 0)
@@ -167,11 +152,8 @@ class Emulators:
         self._devops = Service("devops", state, self._devops_knobs, thread)
 
     def _start_identity(self) -> None:
-        try:
-            from emulators import identity
-        except ImportError as exc:
-            self._missing["identity"] = str(exc)
-            return
+        from emulators import identity
+
         state = identity.IdentityState()
         app = identity.make_app(state, self._identity_knobs, self.log, self.issuer)
         thread = ServiceThread(app, ssl_context=None, port=self._ports.get("identity", 0))
@@ -182,8 +164,6 @@ class Emulators:
 
     def _running(self, name: str, service: Any) -> Any:
         if service is None:
-            if name in self._missing:
-                raise RuntimeError(f"the {name} emulator is not available: {self._missing[name]}")
             raise RuntimeError("the emulators are not running (use `with Emulators(...)`)")
         return service
 

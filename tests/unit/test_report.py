@@ -243,13 +243,15 @@ def test_a_deletion_refused_as_locked_is_kept_not_failed():
     assert report.actions[0].reason.endswith("not deleted: the registry says it is locked")
 
 
-def test_children_skipped_behind_a_locked_index_are_not_errors():
-    """Platform manifests skipped because their index is locked are no failure."""
+def test_an_index_held_by_a_locked_platform_manifest_is_no_failure():
+    """An index not attempted because its platform manifest turned out locked is kept, no error."""
     p = plan_of(
         listing("web/api", index(d1, "PR1", children=(d2,)), manifest(d2)),
         states(pr(1, "completed")),
     )
-    parent, child = list(p.steps)
-    results = [*results_for([parent], Outcome.LOCKED), *results_for([child], Outcome.SKIPPED)]
+    child, index_step = list(p.steps)
+    assert (child.digest, index_step.digest) == (d2, d1)
+    results = [*results_for([child], Outcome.LOCKED), *results_for([index_step], Outcome.SKIPPED)]
     report = report_of(p, results)
     assert (report.errors, report.exit_code, report.summary.manifests_deleted) == ((), 0, 0)
+    assert (report.actions[0].action, report.summary.locked) == ("keep", 1)
