@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import hashlib
 import hmac
 import json
@@ -188,8 +189,9 @@ def _apply_attributes(record: TagRecord | ManifestRecord, attributes: dict[str, 
         setattr(record, field_name, attributes.get(f"{name}Enabled", getattr(record, field_name)))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def format_time(value: datetime) -> str:
-    """ACR's form: 7 fractional digits, `Z`."""
+    """ACR's form: 7 fractional digits, `Z` (cached: listings format the same times again)."""
     value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond:06d}{value.second % 10}Z"
 
@@ -741,6 +743,8 @@ class TokenAuthority:
         self._access_key = secrets.token_bytes(32)
         self.refresh_issued = 0
         self.access_issued = 0
+        self._checked: dict[tuple[bytes, str], dict[str, Any]] = {}
+        """Claims of tokens whose signature was checked once; expiry is checked every time."""
 
     def _sign(self, key: bytes, claims: dict[str, Any]) -> str:
         header = _b64decodable_json({"alg": "HS256", "typ": "JWT", "kid": "acr-emulator"})
@@ -749,6 +753,21 @@ class TokenAuthority:
         return f"{header}.{payload}.{_b64url(signature)}"
 
     def _verify(self, key: bytes, token: str, service: str) -> dict[str, Any] | None:
+        claims = self._checked.get((key, token))
+        if claims is None:
+            claims = self._signed_claims(key, token)
+            if claims is None:
+                return None
+            if len(self._checked) > 10_000:
+                self._checked.clear()
+            self._checked[key, token] = claims
+        if claims.get("aud") != service or float(claims.get("exp", 0)) <= time.time():
+            return None
+        if claims.get("gen", 0) != self._generation():
+            return None
+        return claims
+
+    def _signed_claims(self, key: bytes, token: str) -> dict[str, Any] | None:
         parts = token.split(".")
         if len(parts) != 3:
             return None
@@ -762,11 +781,7 @@ class TokenAuthority:
             )
         except (ValueError, TypeError):
             return None
-        if claims.get("aud") != service or float(claims.get("exp", 0)) <= time.time():
-            return None
-        if claims.get("gen", 0) != self._generation():
-            return None
-        return claims
+        return claims if isinstance(claims, dict) else None
 
     def _base_claims(self, service: str, subject: str, lifetime_s: float) -> dict[str, Any]:
         now = int(time.time())

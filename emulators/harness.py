@@ -36,6 +36,9 @@ class LogEntry:
     path: str
     status: int
     at: float
+    """When the answer was ready (time.time())."""
+    received: float = 0.0
+    """When the request arrived: `at - received` is the emulated latency plus the handler."""
 
 
 class RequestLog:
@@ -190,6 +193,7 @@ def make_middlewares(service: str, knobs: Knobs, log: RequestLog) -> list[Middle
 
     @web.middleware
     async def logged(request: web.Request, handler: Handler) -> web.StreamResponse:
+        received = time.time()
         status = 500
         try:
             response = await handler(request)
@@ -204,16 +208,28 @@ def make_middlewares(service: str, knobs: Knobs, log: RequestLog) -> list[Middle
         finally:
             log.add(
                 LogEntry(
-                    service, request.method, route_name(request), request.path, status, time.time()
+                    service,
+                    request.method,
+                    route_name(request),
+                    request.path,
+                    status,
+                    time.time(),
+                    received,
                 )
             )
         return response
 
     @web.middleware
     async def delayed(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if knobs.latency_ms > 0:
-            await asyncio.sleep(knobs.latency_ms / 1000)
-        return await handler(request)
+        if knobs.latency_ms <= 0:
+            return await handler(request)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + knobs.latency_ms / 1000
+        response = await handler(request)
+        wait = due - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return response
 
     @web.middleware
     async def faulty(request: web.Request, handler: Handler) -> web.StreamResponse:
