@@ -188,7 +188,11 @@ class Report:
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        """The contract's JSON; with `indent`, one line per action, manifest and error."""
+        data = self.to_dict()
+        if indent is None:
+            return json.dumps(data, ensure_ascii=False)
+        return _one_item_per_line(data, " " * indent)
 
     def render_text(self) -> str:
         """A plain-text report: header, summary, a table of the actions, the errors."""
@@ -196,6 +200,23 @@ class Report:
 
 
 # --- building ---------------------------------------------------------------------------------
+
+
+def _one_item_per_line(data: dict[str, Any], pad: str) -> str:
+    """`data` indented, each item of a list on a line of its own, written compactly.
+
+    Easy to read and to grep, and written by json's C encoder: `json.dumps(indent=...)` falls
+    back to the pure-Python one, about 50 ms for a report of a thousand deletions.
+    """
+    members = []
+    for key, value in data.items():
+        if isinstance(value, list) and value:
+            items = f",\n{pad}{pad}".join(json.dumps(v, ensure_ascii=False) for v in value)
+            text = f"[\n{pad}{pad}{items}\n{pad}]"
+        else:
+            text = json.dumps(value, indent=len(pad), ensure_ascii=False).replace("\n", "\n" + pad)
+        members.append(f"{pad}{json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(members) + "\n}"
 
 
 def _step_key(step: Step) -> tuple[str, StepKind, str, str | None]:

@@ -46,6 +46,19 @@ def all_done(p):
     return results_for(p.steps, Outcome.DONE)
 
 
+def test_json_puts_each_action_on_a_line_of_its_own():
+    """The indented JSON is to_dict's data, with one line per action, manifest and error."""
+    report = report_of(sample_plan(), all_done(sample_plan()))
+    text = report.to_json()
+    data = report.to_dict()
+    assert json.loads(text) == data == json.loads(report.to_json(indent=None))
+    items = [line.strip().rstrip(",") for line in text.splitlines() if line.startswith("    {")]
+    expected = [*data["actions"], *data["manifests"], *data["errors"]]
+    assert [json.loads(line) for line in items] == expected
+    assert len(expected) > 3
+    assert '  "summary": {' in text.splitlines()
+
+
 def test_json_has_the_contract_shape():
     """The JSON carries the contract's keys, camelCase, with Z timestamps to the second."""
     data = json.loads(report_of(sample_plan(), all_done(sample_plan())).to_json())
