@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cleanup import __version__
 from cleanup.errors import ConfigurationError
@@ -61,6 +62,30 @@ def configure_logging(*, verbose: bool) -> None:
     logging.getLogger("cleanup").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def keep_start_up_out_of_the_collector() -> None:
+    """Freeze what start-up allocated: the modules' hundreds of thousands of objects.
+
+    They live until exit, yet every full collection during the run (and the ones at exit)
+    would walk them again: a third of a run's CPU on a registry of a few thousand tags.
+    """
+    gc.freeze()
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush what was written and leave, without tearing the interpreter down.
+
+    Everything the run opened is closed by then; the teardown would only free memory the
+    operating system takes back anyway, about 0.1 s after azure-identity, aiohttp and the SDK.
+    Under a profiler or coverage, exit normally so that they write what they measured.
+    """
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 Engine = Callable[..., Coroutine[Any, Any, "Report"]]
 
 
@@ -78,6 +103,7 @@ def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> 
         from cleanup.engine import run
 
         engine = run
+    keep_start_up_out_of_the_collector()
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() and not args.json else None
     try:
         report = asyncio.run(engine(settings, progress=progress))
@@ -99,4 +125,4 @@ def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
