@@ -61,9 +61,11 @@ from azure.core.exceptions import (
     ClientAuthenticationError,
     DecodeError,
     HttpResponseError,
+    ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
+    map_error,
 )
 from azure.core.pipeline import PipelineContext, PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy
@@ -108,6 +110,11 @@ LOCKED_MESSAGE = "operation is disallowed on this registry, repository or image"
 
 API_VERSION = "2021-07-01"
 _WILDCARD_KEY = "*"
+_DELETE_ERRORS: dict[int, type[HttpResponseError]] = {
+    401: ClientAuthenticationError,
+    409: ResourceExistsError,
+}
+"""The SDK's own error map for its delete operations (404, gone already, is not an error)."""
 _V2_PATH = re.compile(r"^(?P<name>.+?)/(?:manifests|blobs|tags|referrers)(?:/|$)")
 
 
@@ -464,7 +471,12 @@ class AcrTokenPolicy(AsyncHTTPPolicy[Any, Any]):
 
 
 class InFlightLimit(AsyncHTTPPolicy[Any, Any]):
-    """At most N requests on the wire at once (one semaphore for the registry)."""
+    """At most N requests on the wire at once (one semaphore for the registry).
+
+    A request holds its place until its answer is read to the end, a streamed one included:
+    so every answer the policies above drop (a 401 renewed, a 429 retried) has freed its
+    connection for the next request.
+    """
 
     def __init__(self, semaphore: asyncio.Semaphore) -> None:
         super().__init__()
@@ -472,7 +484,12 @@ class InFlightLimit(AsyncHTTPPolicy[Any, Any]):
 
     async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
         async with self._semaphore:
-            return await self.next.send(request)
+            response = await self.next.send(request)
+            if request.context.options.get("stream"):
+                read = getattr(response.http_response, "read", None)  # a REST response's
+                if read is not None:
+                    await read()
+            return response
 
 
 class _PerPipeline:
@@ -734,7 +751,9 @@ class AcrRegistry:
             seen.add(url)
             request = HttpRequest("GET", url, headers={"Accept": "application/json"})
             # The generated client's send_request runs a request through the SDK's pipeline.
-            response = await client._client.send_request(request)
+            # Streamed, the pipeline leaves the body to be parsed once, here (InFlightLimit
+            # has read it already).
+            response = await client._client.send_request(request, stream=True)
             if response.status_code in (401, 403):
                 raise ClientAuthenticationError(response=response)
             if response.status_code != 200:
@@ -805,18 +824,33 @@ class AcrRegistry:
             raise translate(exc, f"listing the manifests of {repository}") from None
 
     async def delete_tag(self, repository: str, tag: str) -> None:
-        client = await self._sdk()
-        try:
-            await client.delete_tag(repository, tag)
-        except AzureError as exc:
-            raise translate(exc, f"tag {repository}:{tag}") from None
+        path = f"/acr/v1/{_path(repository)}/_tags/{quote(tag, safe='')}?api-version={API_VERSION}"
+        await self._delete(path, f"tag {repository}:{tag}")
 
     async def delete_manifest(self, repository: str, digest: str) -> None:
+        await self._delete(
+            f"/v2/{_path(repository)}/manifests/{quote(digest, safe='')}",
+            f"manifest {repository}@{digest}",
+        )
+
+    async def _delete(self, path: str, what: str) -> None:
+        """One DELETE through the client's pipeline, answered as the SDK's own delete_tag and
+        delete_manifest answer: 202 deleted, 404 gone already, anything else an error.
+
+        Sent as a plain request, it skips the SDK's operation layer (URL templating, tracing
+        decorator, model deserializer): a sixth of a deletion's CPU, over thousands a run.
+        """
         client = await self._sdk()
+        request = HttpRequest(
+            "DELETE", self.endpoint + path, headers={"Accept": "application/json"}
+        )
         try:
-            await client.delete_manifest(repository, digest)
+            response = await client._client.send_request(request)
+            if response.status_code not in (202, 404):
+                map_error(response.status_code, response, _DELETE_ERRORS)
+                raise HttpResponseError(response=response)
         except AzureError as exc:
-            raise translate(exc, f"manifest {repository}@{digest}") from None
+            raise translate(exc, what) from None
 
 
 def _https_proxy_configured() -> bool:
