@@ -22,6 +22,7 @@ the tests.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -129,6 +130,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
+        compile_programs()
         load_before = os.getloadavg()
         runners: dict[str, Callable[[Workload], None]] = {
             "W1": self.w1,
@@ -448,6 +450,17 @@ def render(results: dict[str, Any]) -> str:
         for t in results["targets"]
     )
     return "\n".join(lines)
+
+
+def compile_programs() -> None:
+    """Compile the measured programs to bytecode, as installing them would.
+
+    Python reads `__pycache__` even where it may not write it (PYTHONDONTWRITEBYTECODE, set on
+    some machines): without this, a checkout compiles every module of the product on every
+    start, about 0.1 s that an installed product never pays.
+    """
+    for package in ("cleanup", "bench"):
+        compileall.compile_dir(ROOT / package, quiet=1)
 
 
 def main(argv: list[str] | None = None) -> int:
