@@ -317,11 +317,41 @@ def test_abac_mode_drops_the_repository_wildcard(acr: Acr, demo: Emulators) -> N
 
 
 def test_revoked_tokens_are_refused(acr: Acr, demo: Emulators) -> None:
-    """After revoke_tokens() (a forced expiry) earlier tokens get the challenge again."""
+    """After revoke_tokens() (a forced expiry) earlier tokens get the challenge again,
+    a token already accepted (its signature checked once) included."""
     token = acr.access_token(WILDCARD)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert acr.http.get("/acr/v1/web/_tags", headers=headers).status_code == 200
     demo.acr.knobs.revoke_tokens()
-    response = acr.http.get("/acr/v1/web/_tags", headers={"Authorization": f"Bearer {token}"})
+    response = acr.http.get("/acr/v1/web/_tags", headers=headers)
     assert response.status_code == 401
+
+
+def test_a_refresh_token_is_no_access_token(acr: Acr) -> None:
+    """A refresh token, even one just accepted at /oauth2/token, opens no repository."""
+    refresh = acr.refresh_token()
+    form = {
+        "grant_type": "refresh_token",
+        "service": acr.service,
+        "scope": WILDCARD,
+        "refresh_token": refresh,
+    }
+    assert acr.http.post("/oauth2/token", data=form).status_code == 200
+    response = acr.http.get("/acr/v1/web/_tags", headers={"Authorization": f"Bearer {refresh}"})
+    assert response.status_code == 401
+
+
+def test_latency_includes_the_handlers_own_time(acr: Acr, demo: Emulators) -> None:
+    """With a latency of L every answer comes L after the request arrived, not later."""
+    token = acr.access_token(WILDCARD)
+    demo.acr.knobs.latency_ms = 60
+    demo.log.clear()
+    response = acr.http.get("/acr/v1/web/_tags", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    (entry,) = demo.log.entries()
+    assert entry.received <= entry.at
+    assert 0.06 <= entry.at - entry.received < 0.5
+    assert response.elapsed.total_seconds() >= 0.06
 
 
 def test_access_token_lifetime_is_a_knob(acr: Acr, demo: Emulators) -> None:
