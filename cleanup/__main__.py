@@ -118,8 +118,12 @@ def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> 
     finally:
         if progress is not None:
             progress.clear()
-    output = report.to_json() if args.json else report.render_text()
-    sys.stdout.write(output if output.endswith("\n") else output + "\n")
+    if args.json:
+        sys.stdout.writelines(report.json_parts())  # a large report is never one string
+        sys.stdout.write("\n")
+    else:
+        output = report.render_text()
+        sys.stdout.write(output if output.endswith("\n") else output + "\n")
     exit_code: int = report.exit_code
     return exit_code
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cleanup.policy import Action, Plan, Step, StepKind, TagDecision
 
@@ -143,6 +143,12 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class _Item(Protocol):
+    """An action, a manifest action or an error: one line of the report's JSON."""
+
+    def to_dict(self) -> Mapping[str, Any]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """One run's report. `exit_code`: 0 all went well, 1 some parts failed, 3 stopped."""
@@ -170,7 +176,7 @@ class Report:
     def exit_code(self) -> int:
         return {"succeeded": 0, "partial": 1, "stopped": 3}[self.outcome]
 
-    def to_dict(self) -> dict[str, Any]:
+    def _head(self) -> dict[str, Any]:
         summary: dict[str, Any] = self.summary.to_dict()
         summary["outcome"] = self.outcome
         summary["stopped"] = self.stopped
@@ -182,17 +188,46 @@ class Report:
             "finishedAt": _timestamp(self.finished_at),
             "registry": self.registry,
             "summary": summary,
-            "actions": [action.to_dict() for action in self.actions],
-            "manifests": [manifest.to_dict() for manifest in self.manifests],
-            "errors": [error.to_dict() for error in self.errors],
         }
 
-    def to_json(self, *, indent: int | None = 2) -> str:
-        """The contract's JSON; with `indent`, one line per action, manifest and error."""
-        data = self.to_dict()
-        if indent is None:
-            return json.dumps(data, ensure_ascii=False)
-        return _one_item_per_line(data, " " * indent)
+    def _lists(self) -> tuple[tuple[str, Sequence[_Item]], ...]:
+        return (("actions", self.actions), ("manifests", self.manifests), ("errors", self.errors))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self._head()
+        for key, items in self._lists():
+            data[key] = [item.to_dict() for item in items]
+        return data
+
+    def to_json(self, *, compact: bool = False) -> str:
+        """The contract's JSON: `json_parts` joined, or all on one line when `compact`."""
+        if compact:
+            return json.dumps(self.to_dict(), ensure_ascii=False)
+        return "".join(self.json_parts())
+
+    def json_parts(self) -> Iterator[str]:
+        """The JSON, indented, in pieces: each action, manifest and error on a line of its own.
+
+        Easy to read and to grep, written an item at a time by json's C encoder, so a report of
+        tens of thousands of deletions is never one string in memory (`json.dumps(indent=...)`
+        also falls back to the pure-Python encoder, 50 ms for a thousand deletions).
+        """
+        yield "{\n"
+        for key, value in self._head().items():
+            text = json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+            yield f"  {json.dumps(key)}: {text},\n"
+        lists = self._lists()
+        for number, (key, items) in enumerate(lists, start=1):
+            end = "\n" if number == len(lists) else ",\n"
+            if not items:
+                yield f'  "{key}": []{end}'
+                continue
+            yield f'  "{key}": [\n'
+            for index, item in enumerate(items, start=1):
+                line = json.dumps(item.to_dict(), ensure_ascii=False)
+                yield f"    {line}{'' if index == len(items) else ','}\n"
+            yield f"  ]{end}"
+        yield "}"
 
     def render_text(self) -> str:
         """A plain-text report: header, summary, a table of the actions, the errors."""
@@ -200,23 +235,6 @@ class Report:
 
 
 # --- building ---------------------------------------------------------------------------------
-
-
-def _one_item_per_line(data: dict[str, Any], pad: str) -> str:
-    """`data` indented, each item of a list on a line of its own, written compactly.
-
-    Easy to read and to grep, and written by json's C encoder: `json.dumps(indent=...)` falls
-    back to the pure-Python one, about 50 ms for a report of a thousand deletions.
-    """
-    members = []
-    for key, value in data.items():
-        if isinstance(value, list) and value:
-            items = f",\n{pad}{pad}".join(json.dumps(v, ensure_ascii=False) for v in value)
-            text = f"[\n{pad}{pad}{items}\n{pad}]"
-        else:
-            text = json.dumps(value, indent=len(pad), ensure_ascii=False).replace("\n", "\n" + pad)
-        members.append(f"{pad}{json.dumps(key)}: {text}")
-    return "{\n" + ",\n".join(members) + "\n}"
 
 
 def _step_key(step: Step) -> tuple[str, StepKind, str, str | None]:

@@ -51,7 +51,7 @@ def test_json_puts_each_action_on_a_line_of_its_own():
     report = report_of(sample_plan(), all_done(sample_plan()))
     text = report.to_json()
     data = report.to_dict()
-    assert json.loads(text) == data == json.loads(report.to_json(indent=None))
+    assert json.loads(text) == data == json.loads(report.to_json(compact=True))
     items = [line.strip().rstrip(",") for line in text.splitlines() if line.startswith("    {")]
     expected = [*data["actions"], *data["manifests"], *data["errors"]]
     assert [json.loads(line) for line in items] == expected
