@@ -126,3 +126,23 @@ def test_unknown_argument_exits_2(demo: Emulators):
     completed = cleanup(demo, "--delete-everything")
     assert completed.returncode == 2
     assert "--delete-everything" in completed.stderr
+
+
+def test_the_quick_exit_loses_nothing_written():
+    """exit_now skips the interpreter's teardown, not buffered output or the exit code."""
+    script = (
+        "import sys; from cleanup.__main__ import exit_now; "
+        "[sys.stdout.write('x' * 10) for _ in range(20_001)]; exit_now(3)"
+    )
+    buffered = {k: v for k, v in CLEAN_ENVIRONMENT.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", script],
+        env=buffered,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3
+    assert done.stdout == "x" * 200_010
