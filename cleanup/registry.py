@@ -169,6 +169,11 @@ class Grant:
 class RefreshTokenRejectedError(Exception):
     """The token endpoint refused the refresh token (expired or revoked)."""
 
+    def __init__(self, message: str, response: Any = None) -> None:
+        super().__init__(message)
+        self.response = response
+        """The registry's HTTP answer, so that the error names the registry, not the credential."""
+
 
 class TokenSource(Protocol):
     """How the cache gets tokens (the policy sends these requests down the SDK's pipeline)."""
@@ -384,7 +389,7 @@ class _PipelineTokenSource:
                 return body
             raise DecodeError(f"{path} answered JSON that is not an object")
         if status in (401, 403):
-            raise RefreshTokenRejectedError(f"{path} answered {status}")
+            raise RefreshTokenRejectedError(f"{path} answered {status}", http)
         if status in (408, 429) or status >= 500:
             raise _RetryableTokenFailureError(response)
         raise HttpResponseError(message=f"{path} answered {status}", response=http)
@@ -402,7 +407,8 @@ class _PipelineTokenSource:
             )
         except RefreshTokenRejectedError as exc:
             raise ClientAuthenticationError(
-                message="the registry refused the Entra token (/oauth2/exchange)"
+                message="the registry refused the Entra token (/oauth2/exchange)",
+                response=exc.response,
             ) from exc
         token = body.get("refresh_token")
         if not isinstance(token, str) or not token:
@@ -462,7 +468,8 @@ class AcrTokenPolicy(AsyncHTTPPolicy[Any, Any]):
             return failure.response  # the retry policy above waits and tries again
         except RefreshTokenRejectedError as exc:
             raise ClientAuthenticationError(
-                message="the registry refused its own refresh token twice"
+                message="the registry refused its own refresh token twice",
+                response=exc.response,
             ) from exc
         raise ClientAuthenticationError(
             message=f"the registry refused a fresh token for {resource}",

@@ -286,10 +286,12 @@ async def test_refused_credential_raises_authentication_error(emu: Emulators) ->
     """When the registry refuses the Entra token, the adapter raises AuthenticationError."""
     credential = WrongAudience(emu.issuer)
     async with AcrRegistry(emu.acr.url, credential, ca_file=str(emu.ca_file)) as adapter:  # type: ignore[arg-type]
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(AuthenticationError) as refused:
             [n async for n in adapter.list_repository_names()]
         with pytest.raises(AuthenticationError):
             await adapter.list_repository("web")
+    # The credential gave a token; the registry refused it: the error names the registry.
+    assert refused.value.service == "the registry"
 
 
 async def test_unreachable_registry_raises_service_unreachable(emu: Emulators) -> None:
