@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 from azure.core.exceptions import DecodeError
+from azure.core.rest import HttpRequest
 
-from cleanup.registry import _next_page
+from cleanup.registry import AcrRegistry, _next_page
 
 ENDPOINT = "https://contoso.azurecr.io"
 
@@ -35,3 +36,44 @@ def test_a_next_page_on_another_host_is_refused():
     """A Link to another host is never followed (the bearer token would go with it)."""
     with pytest.raises(DecodeError):
         _next_page('<https://evil.example/acr/v1/a/_tags?last=x>; rel="next"', ENDPOINT)
+
+
+class _Answer:
+    """A listing page as the SDK's send_request returns it."""
+
+    def __init__(self, link: str) -> None:
+        self.status_code = 200
+        self.headers = {"Link": link}
+
+    def json(self) -> dict[str, object]:
+        return {"tags": [{"name": "t", "digest": "sha256:" + "0" * 64}]}
+
+
+class _Pipeline:
+    """The first page links to `last=a`, that one to `last=b`, and `last=b` back to `last=a`."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+        self.next = {"": "last=a", "last=a": "last=b", "last=b": "last=a"}
+
+    async def send_request(self, request: HttpRequest, **_: object) -> _Answer:
+        self.urls.append(request.url)
+        here = next((k for k in ("last=a", "last=b") if k in request.url), "")
+        return _Answer(f'</acr/v1/a/_tags?{self.next[here]}>; rel="next"')
+
+
+class _Client:
+    def __init__(self, pipeline: _Pipeline) -> None:
+        self._client = pipeline
+
+
+async def test_a_next_link_back_to_a_page_already_read_ends_as_an_error():
+    """Pages first -> a -> b -> a: the listing stops with an error at the repeat, never loops."""
+    pipeline = _Pipeline()
+    registry = AcrRegistry(ENDPOINT, credential=None)  # type: ignore[arg-type]
+    pages = registry._pages(_Client(pipeline), "/acr/v1/a/_tags", "tags")  # type: ignore[arg-type]
+    read = [await anext(pages) for _ in range(3)]
+    with pytest.raises(DecodeError, match="already read"):
+        await anext(pages)
+    assert all(page[0]["name"] == "t" for page in read)
+    assert len(pipeline.urls) == len(set(pipeline.urls)) == 3
