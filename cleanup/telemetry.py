@@ -108,9 +108,7 @@ def record_run(report: Report, duration_s: float) -> None:
         registry=registry,
         run_id=run_id,
         dry_run=dry_run,
-        deleted=_count(summary, "deleted"),
-        kept=_count(summary, "kept"),
-        failed=_count(summary, "failed"),
+        counts=(_count(summary, "deleted"), _count(summary, "kept"), _count(summary, "failed")),
         duration_s=duration_s,
         extra={
             "cleanup.exit_code": report.exit_code,
@@ -136,9 +134,7 @@ def record_failed_run(
         registry=registry,
         run_id=run_id,
         dry_run=dry_run,
-        deleted=0,
-        kept=0,
-        failed=0,
+        counts=None,  # no report: what it deleted before it ended is not known
         duration_s=duration_s,
         extra={"cleanup.reason": reason},
     )
@@ -150,32 +146,35 @@ def _summary_line(
     registry: str,
     run_id: str,
     dry_run: bool,
-    deleted: int,
-    kept: int,
-    failed: int,
+    counts: tuple[int, int, int] | None,
     duration_s: float | None,
     extra: Mapping[str, Any],
 ) -> None:
+    """The run's one summary line; `counts` (deleted, kept, failed) is None without a report,
+    and then the line carries no counts at all rather than zeros that look like a fact."""
     level = {"succeeded": logging.INFO, "partial": logging.WARNING}.get(outcome, logging.ERROR)
     took = f" in {duration_s:.1f} s" if duration_s is not None else ""
+    if counts is None:
+        tally = "no report, so what it deleted is not known"
+        numbers: dict[str, int] = {}
+    else:
+        deleted, kept, failed = counts
+        tally = f"{deleted} deleted, {kept} kept, {failed} failed"
+        numbers = {"cleanup.deleted": deleted, "cleanup.kept": kept, "cleanup.failed": failed}
     log.log(
         level,
-        "cleanup run %s %s%s: %d deleted, %d kept, %d failed%s (registry %s)%s",
+        "cleanup run %s %s%s: %s%s (registry %s)%s",
         run_id,
         outcome,
         " (dry run)" if dry_run else "",
-        deleted,
-        kept,
-        failed,
+        tally,
         took,
         registry,
         f": {extra['cleanup.reason']}" if "cleanup.reason" in extra else "",
         extra={
             "cleanup.outcome": outcome,
             "cleanup.registry": registry,
-            "cleanup.deleted": deleted,
-            "cleanup.kept": kept,
-            "cleanup.failed": failed,
+            **numbers,
             "cleanup.dry_run": dry_run,
             "cleanup.run_id": run_id,
             **({"cleanup.duration_s": round(duration_s, 3)} if duration_s is not None else {}),

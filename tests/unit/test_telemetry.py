@@ -129,6 +129,9 @@ def test_a_run_without_a_report_counts_as_failed(caplog):
     assert line.levelno == logging.ERROR
     assert getattr(line, "cleanup.outcome") == "failed"
     assert "did not finish" in line.getMessage()
+    # No report: no counts, rather than zeros an alert or a dashboard would take as a fact.
+    assert "not known" in line.getMessage()
+    assert not any(hasattr(line, f"cleanup.{n}") for n in ("deleted", "kept", "failed"))
 
 
 @pytest.mark.parametrize(
