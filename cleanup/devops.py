@@ -2,17 +2,18 @@
 
 What it costs. Without a project, `check_access` sends nothing and each distinct pull request
 costs one `GET {org}/_apis/git/pullrequests/{id}` (an auth failure surfaces on the first one).
-With a project, `check_access` lists the project's pull requests of every status, newest first
-(`searchCriteria.status=all`, `$top=1000`, paging with `$skip`, at most `max_list_pages` pages;
-the first page also proves the credential and the project), and `look_up` answers an id found
-there without a request: a pull request's image tags mostly name recent pull requests, so one
-or two pages usually answer them all. Any other id costs one
-`GET {org}/{project}/_apis/git/pullrequests/{id}`. So a run costs at most
-`pages + (distinct ids not listed)` requests: fewer than one per id whenever at least `pages`
-of the ids looked up are listed. Answers are cached per id, so asking twice costs nothing.
-Listing every status rather than the active ones only costs the same requests and also
-answers the closed pull requests, the ones whose images go: Azure DevOps' rate limits count
-requests, and a run of hundreds of pull requests stays within them.
+With a project, `check_access` lists the project's newest pull requests of every status
+(`searchCriteria.status=all`, `$top=1000`; the page also proves the credential and the
+project), and `look_up` answers an id found there without a request: image tags mostly name
+recent pull requests, so one page usually answers them all. An older id costs one
+`GET {org}/{project}/_apis/git/pullrequests/{id}` until more ids have been asked beyond the
+first page than there are pages missing down to it (estimated from the first page's ids); then
+those pages are listed (`$skip`, concurrently, at most `max_list_pages` in all) and answer
+every id on them. So a run costs about `pages + min(distinct ids not listed, pages)`
+requests, and a project of 20,000 pull requests about 40 instead of 20,000. Answers are cached
+per id, so asking twice costs nothing. Listing every status rather than the active ones only
+costs the same requests and also answers the closed pull requests, the ones whose images go:
+Azure DevOps' rate limits count requests.
 
 What it answers. `active` (drafts included), `completed` and `abandoned` map to the statuses of
 the same name; `notSet` or anything else is UNKNOWN. `closedDate` becomes an aware UTC datetime;
@@ -57,6 +58,7 @@ from cleanup.retry import Clock, Retrier, RetryPolicy, Sleep, parse_retry_after
 SERVICE = "Azure DevOps"
 API_VERSION = "7.1"
 LIST_PAGE_SIZE = 1000
+LISTING_PAGES_AT_ONCE = 4
 RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _STATUSES = {
     "active": PullRequestStatus.ACTIVE,
@@ -226,7 +228,7 @@ class AzureDevOpsPullRequests:
         retry: RetryPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
-        max_list_pages: int = 2,
+        max_list_pages: int = 100,
         timeout_s: float = 30.0,
         ca_file: str | None = None,
     ) -> None:
@@ -244,6 +246,15 @@ class AzureDevOpsPullRequests:
         self._retrier = Retrier(retry, sleep=sleep, clock=clock)
         self._semaphore = asyncio.Semaphore(concurrency)
         self._max_list_pages = max(1, max_list_pages)
+        self._pages: dict[int, asyncio.Future[None]] = {}
+        self._page_slots = asyncio.Semaphore(LISTING_PAGES_AT_ONCE)
+        """Deeper listing pages started (page 0 is check_access's)."""
+        self._top_id: int | None = None
+        self._ids_per_page = LIST_PAGE_SIZE
+        self._end_page: int | None = None
+        """The first page past the listing's end (a short page ends it)."""
+        self._beyond_first_page = 0
+        """Lookups of ids older than the first page: what deeper pages would save."""
         self._known: dict[int, PullRequest] = {}
         self._pending: dict[int, asyncio.Future[PullRequest]] = {}
         self._reached = False
@@ -269,52 +280,43 @@ class AzureDevOpsPullRequests:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for page in self._pages.values():
+            page.cancel()
         if self._owns_client:
             await self._client.aclose()
 
     # --- the protocol ----------------------------------------------------------------------
 
     async def check_access(self) -> None:
-        """With a project: list its pull requests, any status (proves credential and project)."""
+        """With a project: list its newest pull requests, any status (proves credential and
+        project); deeper pages are listed later, when lookups show that they pay."""
         if self._project is None:
             return
-        url = f"{self._org_url}/{quote(self._project, safe='')}/_apis/git/pullrequests"
-        for page in range(self._max_list_pages):
-            params = {
-                "searchCriteria.status": "all",
-                "$top": str(LIST_PAGE_SIZE),
-                "$skip": str(page * LIST_PAGE_SIZE),
-            }
-            try:
-                answer = await self._get(url, params)
-            except _GaveUp as exc:
-                if page == 0:
-                    raise ServiceUnreachableError(SERVICE, exc.reason) from None
-                log.warning("listing pull requests stopped at page %d: %s", page + 1, exc)
-                return
-            if answer.status == 404 and _is_project_missing(answer.body):
-                raise ProjectNotFoundError(self._project)
-            items = answer.body.get("value") if isinstance(answer.body, dict) else None
-            if answer.status != 200 or not isinstance(items, list):
-                detail = self._safe(f"listing pull requests answered {_describe(answer)}")
-                if page == 0:
-                    raise ServiceUnreachableError(SERVICE, detail)
-                log.warning("%s; the rest are looked up one by one", detail)
-                return
-            self.listed_pages += 1
-            for item in items:
-                pr = self._parse_listed(item)
-                # Only a clear answer is kept; anything else is asked for on its own.
-                if pr is not None and pr.status in _LISTED:
-                    self._known.setdefault(pr.id, pr)
-            if len(items) < LIST_PAGE_SIZE:
-                return
+        try:
+            answer = await self._get(self._list_url(), self._page_params(0))
+        except _GaveUp as exc:
+            raise ServiceUnreachableError(SERVICE, exc.reason) from None
+        if answer.status == 404 and _is_project_missing(answer.body):
+            raise ProjectNotFoundError(self._project)
+        items = self._items(answer)
+        if items is None:
+            detail = self._safe(f"listing pull requests answered {_describe(answer)}")
+            raise ServiceUnreachableError(SERVICE, detail)
+        self._took_page(0, items)
+        ids = [pr.id for pr in self._known.values()]
+        if len(items) == LIST_PAGE_SIZE and ids:
+            # Ids in a project grow with time, not one by one (the organization numbers them):
+            # the first page's spread estimates the ids each deeper page covers.
+            self._top_id = max(ids)
+            self._ids_per_page = max(1, max(ids) - min(ids) + 1)
 
     async def look_up(self, pr_id: int) -> PullRequest:
         """One pull request's state; each id costs at most one request per run."""
         known = self._known.get(pr_id)
         if known is not None:
             return known
+        if await self._listed_deeper_for(pr_id):
+            return self._known[pr_id]
         pending = self._pending.get(pr_id)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -336,6 +338,77 @@ class AzureDevOpsPullRequests:
         return result
 
     # --- internals -------------------------------------------------------------------------
+
+    async def _listed_deeper_for(self, pr_id: int) -> bool:
+        """Whether listing deeper pages (cheaper than a GET each) answered `pr_id`.
+
+        An id older than the first page estimates the page it is on. The pages down to it are
+        listed once fewer pages are missing than ids have been asked beyond the first page:
+        each of those would otherwise cost a GET. Until then the id is asked for on its own.
+        """
+        page = self._estimated_page(pr_id)
+        if page is None:
+            return False
+        self._beyond_first_page += 1
+        wanted = range(1, page + 1)
+        missing = [p for p in wanted if p not in self._pages]
+        if len(missing) > self._beyond_first_page:
+            return False
+        for number in missing:
+            self._pages[number] = asyncio.ensure_future(self._list_page(number))
+        await asyncio.gather(*(asyncio.shield(self._pages[p]) for p in wanted))
+        return pr_id in self._known
+
+    def _estimated_page(self, pr_id: int) -> int | None:
+        if self._top_id is None or pr_id > self._top_id:
+            return None
+        page = (self._top_id - pr_id) // self._ids_per_page
+        if page == 0 or page >= min(self._max_list_pages, self._end_page or page + 1):
+            return None
+        return page
+
+    async def _list_page(self, page: int) -> None:
+        """One deeper page of the listing; a page that fails leaves its ids to their GETs."""
+        try:
+            async with self._page_slots:  # a page is a megabyte of JSON: a few at a time
+                answer = await self._get(self._list_url(), self._page_params(page))
+        except _GaveUp as exc:
+            log.warning("listing pull requests, page %d, failed: %s", page + 1, exc.reason)
+            return
+        items = self._items(answer)
+        if items is None:
+            detail = self._safe(f"listing pull requests answered {_describe(answer)}")
+            log.warning(
+                "%s (page %d); its pull requests are looked up one by one", detail, page + 1
+            )
+            return
+        self._took_page(page, items)
+
+    def _list_url(self) -> str:
+        return f"{self._org_url}/{quote(self._project or '', safe='')}/_apis/git/pullrequests"
+
+    @staticmethod
+    def _page_params(page: int) -> dict[str, str]:
+        return {
+            "searchCriteria.status": "all",
+            "$top": str(LIST_PAGE_SIZE),
+            "$skip": str(page * LIST_PAGE_SIZE),
+        }
+
+    @staticmethod
+    def _items(answer: _Answer) -> list[Any] | None:
+        items = answer.body.get("value") if isinstance(answer.body, dict) else None
+        return items if answer.status == 200 and isinstance(items, list) else None
+
+    def _took_page(self, page: int, items: list[Any]) -> None:
+        self.listed_pages += 1
+        for item in items:
+            pr = self._parse_listed(item)
+            # Only a clear answer is kept; anything else is asked for on its own.
+            if pr is not None and pr.status in _LISTED:
+                self._known.setdefault(pr.id, pr)
+        if len(items) < LIST_PAGE_SIZE:
+            self._end_page = min(self._end_page or page + 1, page + 1)
 
     def _pr_url(self, pr_id: int) -> str:
         if self._project is None:

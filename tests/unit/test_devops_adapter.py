@@ -297,15 +297,72 @@ async def test_listing_answers_lookups_without_requests():
     assert rec.requests[0].url.params["$top"] == "1000"
 
 
-async def test_listing_pages_at_most_max_list_pages():
-    """Paging stops after max_list_pages full pages; ids beyond them are looked up one by one."""
+def skips(rec: Recorder) -> list[str | None]:
+    """The `$skip` of each request in order; None for a GET of one pull request."""
+    return [r.url.params.get("$skip") for r in rec.requests]
+
+
+async def test_deeper_pages_are_listed_once_they_cost_less_than_gets():
+    """Ids older than the first page: the pages down to one are listed when no more of them
+    are missing than ids were asked beyond the first page; ids on them need no request."""
+    rec = Recorder(listing(active=2500))  # pages: 2500-1501, 1500-501, 500-1
+    async with rec.adapter("Fabrikam") as devops:
+        await devops.check_access()
+        states = [await devops.look_up(i) for i in (1400, 1300, 100, 200, 7)]
+        assert devops.listed_pages == 3
+    assert skips(rec) == ["0", "1000", "2000"]
+    assert {s.status for s in states} == {PullRequestStatus.ACTIVE}
+
+
+async def test_one_old_id_costs_one_get_not_many_pages():
+    """A single id nine pages deep is asked for on its own: one GET, not nine pages."""
+    rec = Recorder(listing(active=10_000))
+    async with rec.adapter("Fabrikam") as devops:
+        await devops.check_access()
+        oldest = await devops.look_up(5)
+    assert skips(rec) == ["0", None]
+    assert oldest.status is PullRequestStatus.ACTIVE
+
+
+async def test_many_old_ids_asked_at_once_list_each_page_once():
+    """A hundred old ids asked concurrently: every page is listed at most once, and the
+    run costs far fewer requests than ids."""
+    rec = Recorder(listing(active=5000))
+    ids = range(1, 5000, 50)
+    async with rec.adapter("Fabrikam") as devops:
+        await devops.check_access()
+        states = await asyncio.gather(*(devops.look_up(i) for i in ids))
+    pages = [skip for skip in skips(rec) if skip is not None]
+    assert len(pages) == len(set(pages)) == 5
+    assert len(rec.requests) < 20
+    assert all(s.status is PullRequestStatus.ACTIVE for s in states)
+
+
+async def test_the_listing_goes_no_deeper_than_max_list_pages():
+    """Past `max_list_pages` pages every id is asked for on its own."""
     rec = Recorder(listing(active=2500))
     async with rec.adapter("Fabrikam", max_list_pages=2) as devops:
         await devops.check_access()
-        assert devops.listed_pages == 2
-        oldest = await devops.look_up(1)
-    assert [r.url.params.get("$skip") for r in rec.requests] == ["0", "1000", None]
-    assert oldest.status is PullRequestStatus.ACTIVE
+        states = [await devops.look_up(i) for i in (1400, 100, 90)]
+    assert skips(rec) == ["0", "1000", None, None]
+    assert {s.status for s in states} == {PullRequestStatus.ACTIVE}
+
+
+async def test_a_deeper_page_that_fails_leaves_its_ids_to_gets():
+    """A deeper page answered 500 (after retries): its ids are still answered, one GET each."""
+    ok = listing(active=2500)
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("$skip") == "1000":
+            return httpx.Response(500, json={"message": "busy"})
+        return ok(request)
+
+    rec = Recorder(respond)
+    async with rec.adapter("Fabrikam") as devops:
+        await devops.check_access()
+        state = await devops.look_up(1400)
+    assert state.status is PullRequestStatus.ACTIVE
+    assert skips(rec)[-1] is None, "the id was asked for on its own after the page failed"
 
 
 async def test_each_id_costs_one_request_even_when_asked_twice():
