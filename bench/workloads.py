@@ -119,7 +119,9 @@ class Workload:
         seeds = []
         for pr in range(FIRST_PR, FIRST_PR + self.pull_request_count):
             n = pr - FIRST_PR
-            created = now - timedelta(days=40 - n % 10)
+            # Azure DevOps numbers pull requests as they are created: ids and creation times
+            # grow together (the listing, newest first, is also highest id first).
+            created = now - timedelta(days=40) + timedelta(seconds=n)
             if self.is_closed(pr):
                 status: PullRequestStatusName = "completed" if n % 2 == 0 else "abandoned"
                 closed = now - timedelta(days=2 + n % 29)
