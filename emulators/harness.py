@@ -160,6 +160,9 @@ class Knobs:
     """Per-service behaviour tests and the benchmark turn."""
 
     latency_ms: float = 0.0
+    """Each answer comes this long after its request reached the service's handlers, the
+    handler's own work included: a service whose answers take L however busy it is (the
+    emulator's one thread is not the many machines of the real service)."""
     faults: Faults = field(default_factory=Faults)
 
 
