@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=3,
+        default=5,
         metavar="N",
         help="W1 product runs; the median wall time counts (the machine is shared)",
     )
