@@ -392,7 +392,11 @@ class _Graph:
 
     def dependants(self, digest: str) -> tuple[str, ...]:
         """Platform manifests and referrers of `digest`: what deleting it may take along."""
-        return (*self.manifests[digest].references, *self.referrers.get(digest, ()))
+        references = self.manifests[digest].references
+        attached = self.referrers.get(digest)
+        if not attached:
+            return references  # most images: no platform manifests, nothing attached
+        return (*references, *attached)
 
 
 def _manifests_to_delete(
@@ -473,7 +477,8 @@ def _ordered(
     dependants: dict[str, list[str]] = defaultdict(list)
     roots = []
     for digest in doomed:
-        before = {d for d in graph.dependants(digest) if d in doomed and d != digest}
+        hanging = graph.dependants(digest)
+        before = {d for d in hanging if d in doomed and d != digest} if hanging else None
         if not before:
             roots.append(digest)
             continue
@@ -487,7 +492,8 @@ def _ordered(
     no_wait: tuple[str, ...] = ()
     while ready:
         digest = ready.popleft()
-        users = tuple(sorted(p for p in parents.get(digest, ()) if p in doomed))
+        used_by = parents.get(digest)
+        users = tuple(sorted(p for p in used_by if p in doomed)) if used_by else no_wait
         reason = _manifest_reason(manifests[digest], users, doomed, tagged)
         ordered[digest] = (waits.get(digest, no_wait), reason)
         later = dependants.get(digest)
