@@ -137,8 +137,10 @@ class _Run:
         with tracer.start_as_current_span("cleanup.scan"):
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(lookups.run())
+                    # The registry first: its chain of token requests and the catalog is what
+                    # the rest waits for; Azure DevOps' first request runs in its gaps.
                     group.create_task(self.list_all(listings, lookups))
+                    group.create_task(lookups.run())
             except* StopRunError as group_error:
                 raise _first_leaf(group_error) from None
         return listings, lookups.states
