@@ -31,8 +31,12 @@ def cleanup(emulators: Emulators, *arguments: str, **settings: str | None):
             environment.pop(name, None)
         else:
             environment[name] = value
-    return subprocess.run(  # noqa: S603 - our own command line
-        [sys.executable, "-m", "cleanup", *arguments],
+    return python("-m", "cleanup", *arguments, environment=environment)
+
+
+def python(*arguments: str, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own interpreter and command line
+        [sys.executable, *arguments],
         env=environment,
         cwd=ROOT,
         capture_output=True,
@@ -135,14 +139,6 @@ def test_the_quick_exit_loses_nothing_written():
         "[sys.stdout.write('x' * 10) for _ in range(20_001)]; exit_now(3)"
     )
     buffered = {k: v for k, v in CLEAN_ENVIRONMENT.items() if k != "PYTHONUNBUFFERED"}
-    done = subprocess.run(  # noqa: S603 - our own interpreter
-        [sys.executable, "-c", script],
-        env=buffered,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = python("-c", script, environment=buffered)
     assert done.returncode == 3
     assert done.stdout == "x" * 200_010
