@@ -58,6 +58,9 @@ class StepResult:
     step: Step
     outcome: Outcome
     message: str | None = None
+    tags_deleted: tuple[str, ...] = ()
+    """Of a step whose manifest stays (TAGS_ONLY) that then failed or met a lock part-way:
+    the tags it had deleted by then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,15 +305,13 @@ def build_report(
         carrier = steps_by_tag.get((decision.repository, decision.tag))
         key = _step_key(carrier) if carrier is not None else None
         result = outcomes.get(key) if key is not None else None
-        if key in held:
-            action, reason = (
-                "keep",
-                f"{decision.reason}; not deleted: the registry says it is locked",
-            )
-        else:
-            action, reason = _final(decision, result, dry_run=dry_run, stopped=stopped)
+        gone = result is not None and decision.tag in result.tags_deleted
+        is_held = key in held and not gone
+        action, reason = _tag_action(
+            decision, result, held=is_held, gone=gone, dry_run=dry_run, stopped=stopped
+        )
         counts[action] += 1
-        locked += decision.locked or key in held
+        locked += decision.locked or is_held
         actions.append(
             ReportAction(
                 decision.repository,
@@ -373,6 +374,24 @@ def _failure(result: StepResult) -> str:
     if result.outcome is Outcome.SKIPPED:
         return f"not attempted: {result.message or 'a deletion it waits for failed'}"
     return result.message or "deletion failed"
+
+
+def _tag_action(
+    decision: TagDecision,
+    result: StepResult | None,
+    *,
+    held: bool,
+    gone: bool,
+    dry_run: bool,
+    stopped: str | None,
+) -> tuple[str, str]:
+    """(action, reason) of one pull-request tag: `gone` if deleted before its step failed or
+    met a lock, `held` if a lock keeps it."""
+    if gone:
+        return "delete", f"{decision.reason}; the tag alone was deleted"
+    if held:
+        return "keep", f"{decision.reason}; not deleted: the registry says it is locked"
+    return _final(decision, result, dry_run=dry_run, stopped=stopped)
 
 
 def _final(

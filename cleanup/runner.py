@@ -418,11 +418,13 @@ async def _delete(registry: Registry, step: Step) -> StepResult:
 async def _delete_tags_only(registry: Registry, change: StepResult) -> StepResult:
     """The manifest stays: remove just the step's pull-request tags from it, one by one."""
     step = change.step
+    deleted: list[str] = []
     for tag in step.tags:
         tag_step = Step(StepKind.DELETE_TAG, step.repository, step.digest, tag=tag, tags=(tag,))
         result = await _delete(registry, tag_step)
         if result.outcome is not Outcome.DONE:
-            return StepResult(step, result.outcome, result.message)
+            return StepResult(step, result.outcome, result.message, tuple(deleted))
+        deleted.append(tag)
     return change
 
 

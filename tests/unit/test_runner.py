@@ -11,7 +11,7 @@ import pytest
 from cleanup.errors import LockedError, RegistryOperationError
 from cleanup.model import RepositoryListing
 from cleanup.policy import RepositoryPlan, Step, StepKind
-from cleanup.report import Outcome
+from cleanup.report import Outcome, build_report
 from cleanup.runner import execute, for_each, run_cleanup
 from cleanup.settings import load_settings
 from tests.builders import NOW, d1, d2, d3, d4, environment, index, listing, manifest, pr
@@ -199,6 +199,30 @@ async def test_a_manifest_tagged_after_the_plan_keeps_its_new_tag():
     assert f"delete web/api@{d1}" not in registry.calls
     [(_, outcome)] = result.results.items()
     assert outcome.outcome is Outcome.TAGS_ONLY
+
+
+async def test_tags_deleted_before_a_tags_only_step_failed_are_reported_deleted():
+    """The manifest stays (retagged since the plan); of its two pull-request tags the first
+    goes and the second fails: the report says so tag by tag, not both failed."""
+    registry = ChangingRegistry.of(listing("web/api", manifest(d1, "PR1", "PR2")))
+    registry.change = retag("web/api", d1, "v1.0")
+    registry.failing = {"web/api:PR2"}
+    pulls = FakePullRequests.of([pr(1, "completed"), pr(2, "completed")])
+    result = await run_cleanup(settings(), registry, pulls, clock=clock)
+    assert registry.tags("web/api") == {"PR2", "v1.0"}
+    [(_, outcome)] = result.results.items()
+    assert (outcome.outcome, outcome.tags_deleted) == (Outcome.FAILED, ("PR1",))
+    report = build_report(
+        result.plan,
+        result.results.values(),
+        run_id="r",
+        registry="x",
+        dry_run=False,
+        started_at=NOW,
+        finished_at=NOW,
+    )
+    assert {a.tag: a.action for a in report.actions} == {"PR1": "delete", "PR2": "failed"}
+    assert (report.summary.deleted, report.summary.failed) == (1, 1)
 
 
 async def test_a_platform_manifest_used_by_a_new_index_stays():
