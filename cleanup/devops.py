@@ -410,6 +410,9 @@ class AzureDevOpsPullRequests:
         if len(items) < LIST_PAGE_SIZE:
             self._end_page = min(self._end_page or page + 1, page + 1)
 
+    def _where(self) -> str:
+        return f"in project {self._project}" if self._project else "in the organization"
+
     def _pr_url(self, pr_id: int) -> str:
         if self._project is None:
             return f"{self._org_url}/_apis/git/pullrequests/{pr_id}"
@@ -428,7 +431,7 @@ class AzureDevOpsPullRequests:
             if _type_key(answer.body) == "GitPullRequestNotFoundException" or _message(
                 answer.body
             ).startswith("TF401180"):
-                return PullRequest(pr_id, PullRequestStatus.NOT_FOUND)
+                return PullRequest(pr_id, PullRequestStatus.NOT_FOUND, where=self._where())
         if answer.status != 200 or not isinstance(answer.body, dict):
             return _unknown(pr_id, self._safe(f"Azure DevOps answered {_describe(answer)}"))
         return self._parse(pr_id, answer.body)
@@ -525,7 +528,8 @@ def parse_pull_request(pr_id: int, body: Mapping[str, Any], project: str | None)
         if owner is None:
             return _unknown(pr_id, "the answer does not say which project the pull request is in")
         if not _names(owner, project):
-            return PullRequest(pr_id, PullRequestStatus.NOT_FOUND)
+            where = f"in project {project} (it belongs to another project)"
+            return PullRequest(pr_id, PullRequestStatus.NOT_FOUND, where=where)
     raw = body.get("status")
     status = _STATUSES.get(raw) if isinstance(raw, str) else None
     if status is None:

@@ -38,6 +38,8 @@ class PullRequest:
     """When it was completed or abandoned (aware, UTC); None while active or when unknown."""
     error: str | None = None
     """Why the status is UNKNOWN; never carries a secret."""
+    where: str | None = None
+    """Of a NOT_FOUND one: where it was looked for (`in project web`), for the report."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,7 +227,8 @@ class _Verdicts:
             return status, False, "pull request active"
         if status is PullRequestStatus.NOT_FOUND:
             rule = self.rules.unknown_pr
-            reason = f"pull request not found; CLEANUP_UNKNOWN_PR={rule.value}"
+            where = f" {pull.where}" if pull.where else ""
+            reason = f"pull request not found{where}; CLEANUP_UNKNOWN_PR={rule.value}"
             return status, rule is UnknownPullRequest.DELETE, reason
         if status.is_closed:
             return (status, *self._closed(pull))

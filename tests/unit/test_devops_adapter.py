@@ -191,8 +191,12 @@ def test_active_pull_request_ignores_closed_date():
     ],
 )
 def test_project_match(project, expected):
-    """With a project, one of another project (by name or id, any case) is NOT_FOUND."""
-    assert parse_pull_request(1, pr_json(1), project).status is expected
+    """With a project, one of another project (by name or id, any case) is NOT_FOUND, and
+    says where it was looked for."""
+    pull = parse_pull_request(1, pr_json(1), project)
+    assert pull.status is expected
+    if expected is PullRequestStatus.NOT_FOUND:
+        assert pull.where == f"in project {project} (it belongs to another project)"
 
 
 @pytest.mark.parametrize("repository", [None, {}, {"project": None}, {"project": {"url": "x"}}])
@@ -206,11 +210,14 @@ def test_an_answer_without_its_project_is_unknown_not_not_found(repository):
 
 
 async def test_tf401180_is_not_found():
-    """404 TF401180 is NOT_FOUND."""
+    """404 TF401180 is NOT_FOUND, looked for in the organization (no project) or the project."""
     rec = Recorder(lambda _r: not_found())
     async with rec.adapter() as devops:
         pr = await devops.look_up(5)
-    assert pr.status is PullRequestStatus.NOT_FOUND
+    assert (pr.status, pr.where) == (PullRequestStatus.NOT_FOUND, "in the organization")
+    async with rec.adapter("Fabrikam", max_list_pages=1) as devops:
+        pr = await devops.look_up(6)
+    assert (pr.status, pr.where) == (PullRequestStatus.NOT_FOUND, "in project Fabrikam")
 
 
 async def test_missing_project_on_lookup_raises():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import timedelta
 
@@ -152,6 +153,15 @@ def test_not_found_deletes_with_unknown_pr_delete():
     )
     assert decision(p, "PR1").action is Action.DELETE
     assert decision(p, "PR1").reason == "pull request not found; CLEANUP_UNKNOWN_PR=delete"
+
+
+def test_not_found_says_where_it_was_looked_for():
+    """The reason names where Azure DevOps did not find the pull request."""
+    missing = dataclasses.replace(pr(1, "notFound"), where="in project web")
+    p = plan_of(listing("web/api", manifest(d1, "PR1")), states(missing))
+    assert decision(p, "PR1").reason == (
+        "pull request not found in project web; CLEANUP_UNKNOWN_PR=keep"
+    )
 
 
 def test_a_pull_request_missing_from_the_states_is_kept():
