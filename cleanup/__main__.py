@@ -66,7 +66,7 @@ def keep_start_up_out_of_the_collector() -> None:
     """Freeze what start-up allocated: the modules' hundreds of thousands of objects.
 
     They live until exit, yet every full collection during the run (and the ones at exit)
-    would walk them again: a third of a run's CPU on a registry of a few thousand tags.
+    would walk them again: about 0.07 s of CPU on a registry of a few thousand tags.
     """
     gc.freeze()
 
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> 
         from cleanup.engine import run
 
         engine = run
-    keep_start_up_out_of_the_collector()
+        keep_start_up_out_of_the_collector()  # a real run, its imports done
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() and not args.json else None
     try:
         report = asyncio.run(engine(settings, progress=progress))
