@@ -302,8 +302,7 @@ class AzureDevOpsPullRequests:
         if items is None:
             detail = self._safe(f"listing pull requests answered {_describe(answer)}")
             raise ServiceUnreachableError(SERVICE, detail)
-        self._took_page(0, items)
-        ids = [pr.id for pr in self._known.values()]
+        ids = self._took_page(0, items)
         if len(items) == LIST_PAGE_SIZE and ids:
             # Ids in a project grow with time, not one by one (the organization numbers them):
             # the first page's spread estimates the ids each deeper page covers.
@@ -400,15 +399,19 @@ class AzureDevOpsPullRequests:
         items = answer.body.get("value") if isinstance(answer.body, dict) else None
         return items if answer.status == 200 and isinstance(items, list) else None
 
-    def _took_page(self, page: int, items: list[Any]) -> None:
+    def _took_page(self, page: int, items: list[Any]) -> list[int]:
+        """Keep what a listing page answers; the ids it listed."""
         self.listed_pages += 1
+        ids = []
         for item in items:
             pr = self._parse_listed(item)
             # Only a clear answer is kept; anything else is asked for on its own.
             if pr is not None and pr.status in _LISTED:
                 self._known.setdefault(pr.id, pr)
+                ids.append(pr.id)
         if len(items) < LIST_PAGE_SIZE:
             self._end_page = min(self._end_page or page + 1, page + 1)
+        return ids
 
     def _where(self) -> str:
         return f"in project {self._project}" if self._project else "in the organization"
