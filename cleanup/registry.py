@@ -688,15 +688,13 @@ class AcrRegistry:
 
     # --- Registry --------------------------------------------------------------------------
 
-    def _paging(self) -> dict[str, Any]:
-        return {"results_per_page": self._page_size} if self._page_size else {}
-
     async def list_repository_names(self) -> AsyncIterator[str]:
         client = await self._sdk()
         try:
-            async for name in client.list_repository_names(**self._paging()):
-                self.token_cache.hint(name)
-                yield name
+            async for page in self._pages(client, "/acr/v1/_catalog", "repositories", str):
+                for name in page:
+                    self.token_cache.hint(name)
+                    yield name
         except AzureError as exc:
             raise translate(exc, "listing the repositories") from None
 
@@ -741,9 +739,10 @@ class AcrRegistry:
         return [item async for page in self._pages(client, path, "manifests") for item in page]
 
     async def _pages(
-        self, client: ContainerRegistryClient, path: str, key: str
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        """A listing's pages as plain JSON, following `Link: <...>; rel="next"`.
+        self, client: ContainerRegistryClient, path: str, key: str, item: type = dict
+    ) -> AsyncIterator[list[Any]]:
+        """A listing's pages as plain JSON (lists of `item`: objects, or the catalog's
+        names), following `Link: <...>; rel="next"`; a next page already read is an error.
 
         The SDK's own paging turns every item into models (and every date through isodate),
         about three times the CPU of the JSON alone; the listing also carries `references`
@@ -769,7 +768,7 @@ class AcrRegistry:
                 items = response.json().get(key) or []
             except (ValueError, AttributeError):
                 raise DecodeError(f"{path} answered a page that is not JSON") from None
-            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            if not isinstance(items, list) or not all(isinstance(i, item) for i in items):
                 raise DecodeError(f"{path} answered a page without a list of {key}")
             yield items
             url = _next_page(response.headers.get("Link"), self.endpoint)

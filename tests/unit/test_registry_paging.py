@@ -77,3 +77,24 @@ async def test_a_next_link_back_to_a_page_already_read_ends_as_an_error():
         await anext(pages)
     assert all(page[0]["name"] == "t" for page in read)
     assert len(pipeline.urls) == len(set(pipeline.urls)) == 3
+
+
+class _CatalogPage:
+    status_code = 200
+    headers: dict[str, str] = {}  # noqa: RUF012 - read only
+
+    def json(self) -> dict[str, object]:
+        return {"repositories": ["web", {"name": "api"}]}
+
+
+class _Catalog:
+    async def send_request(self, request: HttpRequest, **_: object) -> _CatalogPage:
+        return _CatalogPage()
+
+
+async def test_a_catalog_page_must_list_names():
+    """A catalog page whose list holds anything but names is refused, not half read."""
+    registry = AcrRegistry(ENDPOINT, credential=None)  # type: ignore[arg-type]
+    pages = registry._pages(_Client(_Catalog()), "/acr/v1/_catalog", "repositories", str)  # type: ignore[arg-type]
+    with pytest.raises(DecodeError, match="list of repositories"):
+        await anext(pages)
