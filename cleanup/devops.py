@@ -51,7 +51,12 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
 from cleanup.credentials import DEVOPS_SCOPE
-from cleanup.errors import AuthenticationError, ProjectNotFoundError, ServiceUnreachableError
+from cleanup.errors import (
+    AuthenticationError,
+    ProjectNotFoundError,
+    ServiceUnreachableError,
+    StopRunError,
+)
 from cleanup.model import PullRequest, PullRequestStatus
 from cleanup.retry import Clock, Retrier, RetryPolicy, Sleep, parse_retry_after
 
@@ -367,12 +372,19 @@ class AzureDevOpsPullRequests:
         return page
 
     async def _list_page(self, page: int) -> None:
-        """One deeper page of the listing; a page that fails leaves its ids to their GETs."""
+        """One deeper page of the listing. A page that fails, however, leaves its ids to their
+        GETs; only a refused credential (StopRunError) reaches the lookups waiting for it."""
         try:
             async with self._page_slots:  # a page is a megabyte of JSON: a few at a time
                 answer = await self._get(self._list_url(), self._page_params(page))
         except _GaveUp as exc:
             log.warning("listing pull requests, page %d, failed: %s", page + 1, exc.reason)
+            return
+        except StopRunError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken page must not fail lookups it cannot answer
+            detail = self._safe(type(exc).__name__)
+            log.warning("listing pull requests, page %d, failed: %s", page + 1, detail)
             return
         items = self._items(answer)
         if items is None:

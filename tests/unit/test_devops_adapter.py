@@ -372,6 +372,25 @@ async def test_a_deeper_page_that_fails_leaves_its_ids_to_gets():
     assert skips(rec)[-1] is None, "the id was asked for on its own after the page failed"
 
 
+async def test_a_deeper_page_that_breaks_leaves_only_its_own_ids_to_gets():
+    """A page whose answer cannot be read at all (not a retried status) fails no lookup: ids
+    on the other pages are answered by them, ids on the broken one by a GET each."""
+    ok = listing(active=5000)
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("$skip") == "2000":
+            raise httpx.DecodingError("corrupt body", request=request)
+        return ok(request)
+
+    rec = Recorder(respond)
+    async with rec.adapter("Fabrikam") as devops:
+        await devops.check_access()
+        states = await asyncio.gather(*(devops.look_up(i) for i in (3900, 3800, 2500, 1500, 100)))
+    assert all(s.status is PullRequestStatus.ACTIVE for s in states)
+    gets = [r.url.path.rsplit("/", 1)[1] for r in rec.requests if "$skip" not in r.url.params]
+    assert gets == ["2500"], "only the id on the broken page was asked for on its own"
+
+
 async def test_each_id_costs_one_request_even_when_asked_twice():
     """Asking for the same id again, or concurrently, sends no second request."""
     rec = Recorder(answer(pr_json(7)))
