@@ -14,7 +14,7 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cleanup import __version__
@@ -80,10 +80,26 @@ def exit_now(code: int) -> NoReturn:
     """
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _reader_left()
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
+
+
+def write_out(parts: Iterable[str]) -> None:
+    """The report to stdout; a reader that leaves early (`| head`) ends it, without a traceback."""
+    try:
+        sys.stdout.writelines(parts)
+    except BrokenPipeError:
+        _reader_left()
+
+
+def _reader_left() -> None:
+    # What the reader did not read is gone either way; the rest goes nowhere, quietly.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 Engine = Callable[..., Coroutine[Any, Any, "Report"]]
@@ -119,11 +135,10 @@ def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> 
         if progress is not None:
             progress.clear()
     if args.json:
-        sys.stdout.writelines(report.json_parts())  # a large report is never one string
-        sys.stdout.write("\n")
+        write_out([*report.json_parts(), "\n"])  # a large report is never one string
     else:
         output = report.render_text()
-        sys.stdout.write(output if output.endswith("\n") else output + "\n")
+        write_out([output if output.endswith("\n") else output + "\n"])
     exit_code: int = report.exit_code
     return exit_code
 

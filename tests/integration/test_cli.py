@@ -142,3 +142,26 @@ def test_the_quick_exit_loses_nothing_written():
     done = python("-c", script, environment=buffered)
     assert done.returncode == 3
     assert done.stdout == "x" * 200_010
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`python -m cleanup --json | head`: the reader goes; the command line ends quietly, with
+    the run's exit code."""
+    script = (
+        "from cleanup.__main__ import exit_now, write_out; "
+        "write_out(['x' * 10] * 20_001); exit_now(3)"
+    )
+    buffered = {k: v for k, v in CLEAN_ENVIRONMENT.items() if k != "PYTHONUNBUFFERED"}
+    child = subprocess.Popen(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", script],
+        env=buffered,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    child.stdout.close()  # the reader leaves before reading anything
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 3
+    assert b"Traceback" not in stderr
+    assert b"BrokenPipeError" not in stderr
