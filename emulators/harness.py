@@ -24,6 +24,8 @@ import trustme
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+DUE = web.RequestKey("due", float)
+"""When the request's answer is due (the loop's clock): arrival plus the latency knob."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FaultKind = Literal["status", "drop", "slow", "malformed"]
 
@@ -226,12 +228,15 @@ def make_middlewares(service: str, knobs: Knobs, log: RequestLog) -> list[Middle
     async def delayed(request: web.Request, handler: Handler) -> web.StreamResponse:
         if knobs.latency_ms <= 0:
             return await handler(request)
-        loop = asyncio.get_running_loop()
-        due = loop.time() + knobs.latency_ms / 1000
-        response = await handler(request)
-        wait = due - loop.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        due = request[DUE] = asyncio.get_running_loop().time() + knobs.latency_ms / 1000
+        try:
+            response = await handler(request)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await _until(due)  # an error answer (a 404, a dropped connection) waits too
+            raise
+        await _until(due)
         return response
 
     @web.middleware
@@ -242,6 +247,13 @@ def make_middlewares(service: str, knobs: Knobs, log: RequestLog) -> list[Middle
         return await apply_fault(rule, request, handler)
 
     return [logged, delayed, faulty]
+
+
+async def _until(due: float) -> None:
+    """Sleep until the loop's clock reads `due` (at once when it is past)."""
+    wait = due - asyncio.get_running_loop().time()
+    if wait > 0:
+        await asyncio.sleep(wait)
 
 
 class _DroppedError(Exception):
@@ -255,6 +267,7 @@ async def apply_fault(
         await asyncio.sleep(rule.delay_s)
         return await handler(request)
     if rule.kind == "drop":
+        await _until(request.get(DUE, 0.0))  # the connection drops when the answer was due
         if request.transport is not None:
             request.transport.abort()
         raise _DroppedError

@@ -27,6 +27,7 @@ from referencing import Registry, Resource
 from emulators import Emulators
 from emulators.acr import LOCKED_ERROR, LOCKED_STATUS, Budget, bulk_seed, iter_bulk_images
 from emulators.entra import ACR_RESOURCE, DEVOPS_RESOURCE
+from emulators.harness import FaultRule
 from emulators.scenario import ScenarioBuilder
 
 pytestmark = pytest.mark.integration
@@ -352,6 +353,22 @@ def test_latency_includes_the_handlers_own_time(acr: Acr, demo: Emulators) -> No
     assert entry.received <= entry.at
     assert 0.06 <= entry.at - entry.received < 0.5
     assert response.elapsed.total_seconds() >= 0.06
+
+
+def test_latency_holds_back_errors_and_dropped_connections(acr: Acr, demo: Emulators) -> None:
+    """An unknown route's 404 and an injected drop come the latency after the request too."""
+    demo.acr.knobs.latency_ms = 60
+    missing = acr.http.get("/no/such/route")
+    assert missing.status_code == 404
+    assert missing.elapsed.total_seconds() >= 0.06
+    token = acr.access_token(WILDCARD)
+    demo.acr.knobs.faults.add(FaultRule(route="acr.tags.list", kind="drop"))
+    demo.log.clear()
+    with pytest.raises(httpx.TransportError):
+        acr.http.get("/acr/v1/web/_tags", headers={"Authorization": f"Bearer {token}"})
+    (entry,) = demo.log.entries()
+    assert entry.status == 0
+    assert entry.at - entry.received >= 0.06
 
 
 def test_access_token_lifetime_is_a_knob(acr: Acr, demo: Emulators) -> None:
